@@ -1,0 +1,53 @@
+//! Well-known names shared by the operator and the proxy: ports, the proxy's
+//! user, mount paths, file names, environment variables and object names.
+//!
+//! Both sides import these constants so a rename is a compile error, not an
+//! outage.
+
+/// Where the outbound proxy listens; the pod's outbound TCP is redirected here.
+pub const OUTBOUND_PORT: u16 = 7140;
+/// Where the inbound proxy listens; the pod's inbound TCP is redirected here.
+pub const INBOUND_PORT: u16 = 7143;
+/// The admin server: metrics, readiness, liveness, config, shutdown.
+pub const ADMIN_PORT: u16 = 7191;
+/// The UID the proxy runs as; its own traffic is never redirected.
+pub const PROXY_UID: u32 = 7102;
+
+/// Where the routing table is mounted in the pod.
+pub const ROUTES_DIR: &str = "/var/run/weft/routes";
+/// Where the workload identity is mounted in the pod.
+pub const IDENTITY_DIR: &str = "/var/run/weft/identity";
+
+/// The routing table's key in the `weft-routes` ConfigMap and its file name.
+pub const ROUTES_FILE: &str = "routes.json";
+/// The workload certificate, leaf first then chain (PEM).
+pub const CERT_FILE: &str = "tls.crt";
+/// The workload private key (PKCS#8 PEM).
+pub const KEY_FILE: &str = "tls.key";
+/// The trust bundle: one or more root certificates (PEM).
+pub const TRUST_BUNDLE_FILE: &str = "ca.crt";
+
+/// The kubelet's pointer to the current snapshot of a mounted volume.
+pub const KUBELET_DATA_LINK: &str = "..data";
+
+/// The ConfigMap holding each meshed namespace's routing table.
+pub const ROUTES_CONFIGMAP: &str = "weft-routes";
+/// Prefix of the Secret holding a service account's identity.
+pub const IDENTITY_SECRET_PREFIX: &str = "weft-identity-";
+
+/// Environment variables the proxy reads (set by injection from the downward API).
+pub mod env {
+    pub const POD_NAME: &str = "WEFT_POD_NAME";
+    pub const POD_NAMESPACE: &str = "WEFT_POD_NAMESPACE";
+    pub const POD_IP: &str = "WEFT_POD_IP";
+    pub const SERVICE_ACCOUNT: &str = "WEFT_SERVICE_ACCOUNT";
+    pub const ROUTES_DIR: &str = "WEFT_ROUTES_DIR";
+    pub const IDENTITY_DIR: &str = "WEFT_IDENTITY_DIR";
+    pub const LOG: &str = "WEFT_LOG";
+    pub const LOG_FORMAT: &str = "WEFT_LOG_FORMAT";
+}
+
+/// The name of the Secret that holds `service_account`'s identity.
+pub fn identity_secret_name(service_account: &str) -> String {
+    format!("{IDENTITY_SECRET_PREFIX}{service_account}")
+}
