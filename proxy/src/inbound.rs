@@ -1,0 +1,137 @@
+//! The inbound side: connections to the pod, redirected here.
+//!
+//! A connection that opens with a TLS handshake record is mesh TLS: it is
+//! terminated with a required, verified client certificate, and the client's
+//! identity is authorized. Anything else is plaintext, accepted only where
+//! the port's mTLS mode is permissive. An allowed connection is relayed to
+//! the application on loopback at the original port; a denied one is closed
+//! and counted, never forwarded.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use weft_api::SpiffeId;
+
+use crate::authz::authorize;
+use crate::metrics::{DeniedLabels, Direction, count};
+use crate::orig_dst::OriginalDst;
+use crate::relay::{conn_labels, connect, relay};
+use crate::state::State;
+use crate::tls;
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+pub struct Inbound {
+    pub state: Arc<State>,
+    pub orig_dst: Arc<dyn OriginalDst>,
+    /// How long to wait for the client's first byte before treating the
+    /// connection as plaintext (a server-first protocol).
+    pub detect_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Inbound {
+    pub async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let dst = match self.orig_dst.original_dst(&stream) {
+            Ok(dst) => dst,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "no original destination; closing");
+                return;
+            }
+        };
+        if self.opens_with_tls(&stream).await {
+            self.mesh_tls(stream, peer, dst).await;
+        } else {
+            self.admit(stream, peer, dst, None).await;
+        }
+    }
+
+    async fn opens_with_tls(&self, stream: &TcpStream) -> bool {
+        let mut first = [0u8; 1];
+        matches!(
+            tokio::time::timeout(self.detect_timeout, stream.peek(&mut first)).await,
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
+        )
+    }
+
+    async fn mesh_tls(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {
+        let m = &self.state.metrics;
+        let Some(identity) = self.state.identity.load_full() else {
+            count(&m.tls_failures, Direction::Inbound, "no_identity");
+            return;
+        };
+        let acceptor = TlsAcceptor::from(identity.value.server.clone());
+        let accepted = tokio::time::timeout(self.connect_timeout, acceptor.accept(stream)).await;
+        let tls = match accepted {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                count(&m.tls_failures, Direction::Inbound, "handshake");
+                tracing::info!(%peer, error = %e, "mesh TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                count(&m.tls_failures, Direction::Inbound, "handshake_timeout");
+                return;
+            }
+        };
+        let client = tls::peer_identity(tls.get_ref().1.peer_certificates());
+        if client.is_none() {
+            count(&m.tls_failures, Direction::Inbound, "no_client_identity");
+            return;
+        }
+        self.admit(tls, peer, dst, client).await;
+    }
+
+    /// Authorizes `client` (None for plaintext) and relays to the app.
+    async fn admit<S>(&self, stream: S, peer: SocketAddr, dst: SocketAddr, client: Option<SpiffeId>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let m = &self.state.metrics;
+        let Some(routes) = self.state.routes.load_full() else {
+            self.deny(peer, client.as_ref(), "no_routes");
+            return;
+        };
+        let table = &routes.value;
+        let policy = table.inbound_policy(dst.port());
+        if let Err(denial) = authorize(policy, &table.trust_domain, client.as_ref()) {
+            self.deny(peer, client.as_ref(), denial.as_str());
+            return;
+        }
+        let app = SocketAddr::new(loopback(dst.ip()), dst.port());
+        match connect(app, self.connect_timeout).await {
+            Ok(upstream) => {
+                let labels = conn_labels(Direction::Inbound, client.as_ref());
+                relay(m, labels, stream, upstream).await;
+            }
+            Err(e) => {
+                count(&m.connect_failures, Direction::Inbound, "connect");
+                tracing::info!(%app, error = %e, "application refused the connection");
+            }
+        }
+    }
+
+    fn deny(&self, peer: SocketAddr, client: Option<&SpiffeId>, reason: &'static str) {
+        tracing::info!(%peer, client = ?client, reason, "connection denied");
+        self.state
+            .metrics
+            .denied
+            .get_or_create(&DeniedLabels {
+                direction: Direction::Inbound,
+                peer_identity: client.map(ToString::to_string).unwrap_or_default(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+fn loopback(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}

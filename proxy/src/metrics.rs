@@ -1,0 +1,162 @@
+//! The proxy's Prometheus metrics. One registry owned by the proxy (no
+//! global), updated once per connection or reload, never per read.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Which configuration a reload metric is about.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Kind {
+    Routes,
+    Identity,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Stream {
+    /// From the side that opened the connection.
+    Request,
+    /// Back to the side that opened the connection.
+    Response,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    pub direction: Direction,
+    /// The verified SPIFFE ID of the other side, or "" without mesh TLS.
+    pub peer_identity: String,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    pub direction: Direction,
+    pub peer_identity: String,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub direction: Direction,
+    pub peer_identity: String,
+    pub stream: Stream,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: Kind,
+}
+
+/// Failures of one kind, by direction and reason.
+pub type Failures = Family<FailureLabels, Counter>;
+
+/// Counts one failure.
+pub fn count(family: &Failures, direction: Direction, reason: &'static str) {
+    family
+        .get_or_create(&FailureLabels { direction, reason })
+        .inc();
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub opened: Family<ConnLabels, Counter>,
+    pub closed: Family<ConnLabels, Counter>,
+    pub denied: Family<DeniedLabels, Counter>,
+    pub bytes: Family<BytesLabels, Counter>,
+    pub tls_failures: Failures,
+    pub connect_failures: Failures,
+    pub config_generation: Family<KindLabels, Gauge>,
+    pub config_reload_timestamp: Family<KindLabels, Gauge>,
+    pub config_reload_errors: Family<KindLabels, Counter>,
+    pub cert_expiry: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::default(),
+            opened: Family::default(),
+            closed: Family::default(),
+            denied: Family::default(),
+            bytes: Family::default(),
+            tls_failures: Family::default(),
+            connect_failures: Family::default(),
+            config_generation: Family::default(),
+            config_reload_timestamp: Family::default(),
+            config_reload_errors: Family::default(),
+            cert_expiry: Gauge::default(),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "weft_connections_opened",
+            "Connections accepted and forwarded",
+            m.opened.clone(),
+        );
+        r.register("weft_connections_closed", "Connections finished", m.closed.clone());
+        r.register(
+            "weft_connections_denied",
+            "Connections refused by policy; never forwarded",
+            m.denied.clone(),
+        );
+        r.register("weft_bytes", "Bytes forwarded", m.bytes.clone());
+        r.register(
+            "weft_tls_handshake_failures",
+            "Mesh TLS handshakes that failed, and identity mismatches",
+            m.tls_failures.clone(),
+        );
+        r.register(
+            "weft_connect_failures",
+            "Connections to an upstream that could not be opened",
+            m.connect_failures.clone(),
+        );
+        r.register(
+            "weft_config_generation",
+            "Generation of the configuration in use",
+            m.config_generation.clone(),
+        );
+        r.register(
+            "weft_config_last_reload_timestamp_seconds",
+            "When the configuration in use was loaded",
+            m.config_reload_timestamp.clone(),
+        );
+        r.register(
+            "weft_config_reload_errors",
+            "Configuration files refused; the last good one stays in use",
+            m.config_reload_errors.clone(),
+        );
+        r.register(
+            "weft_identity_certificate_expiry_timestamp_seconds",
+            "When the workload certificate in use expires",
+            m.cert_expiry.clone(),
+        );
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

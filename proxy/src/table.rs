@@ -1,0 +1,123 @@
+//! The routing table as the hot path reads it: built once per reload from a
+//! validated `routes.json`, then only read (behind an `ArcSwap`), so looking
+//! up a destination takes no lock.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use weft_api::routes::{InboundPolicy, RoutesTable};
+use weft_api::SpiffeId;
+
+/// Who this proxy serves, for picking its inbound policy out of the table.
+#[derive(Debug, Clone, Default)]
+pub struct Pod {
+    pub namespace: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// A meshed destination: one port of one Service.
+#[derive(Debug)]
+pub struct Target {
+    /// `namespace/name:port`, for logs and metrics.
+    pub name: String,
+    /// Ready endpoints only; terminating and unready ones get no new connections.
+    pub endpoints: Vec<Endpoint>,
+    pub connect_timeout: Option<Duration>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Present when the endpoint is meshed: the identity its certificate must carry.
+    pub identity: Option<SpiffeId>,
+}
+
+impl Target {
+    /// The endpoints in the order to try them: round-robin start, then the
+    /// rest, so a failed connect moves on to another endpoint.
+    pub fn pick_order(&self) -> impl Iterator<Item = &Endpoint> {
+        let n = self.endpoints.len();
+        let start = if n == 0 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % n
+        };
+        (0..n).map(move |i| &self.endpoints[(start + i) % n])
+    }
+}
+
+#[derive(Debug)]
+pub struct Table {
+    pub generation: u64,
+    pub trust_domain: String,
+    targets: HashMap<SocketAddr, Arc<Target>>,
+    inbound_ports: HashMap<u16, InboundPolicy>,
+    inbound_default: InboundPolicy,
+}
+
+impl Table {
+    /// Indexes `routes` for `pod`. The inbound policy of a port is that of
+    /// the Service of the pod's own namespace that lists this pod's address
+    /// at that port; other ports get the namespace default.
+    pub fn new(routes: &RoutesTable, pod: &Pod) -> Self {
+        let mut targets = HashMap::new();
+        let mut inbound_ports = HashMap::new();
+        for svc in &routes.services {
+            let own_namespace = pod.namespace.as_deref() == Some(svc.namespace.as_str());
+            for port in &svc.ports {
+                let target = Arc::new(Target {
+                    name: format!("{}/{}:{}", svc.namespace, svc.name, port.port),
+                    endpoints: port
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.ready)
+                        .map(|e| Endpoint {
+                            addr: SocketAddr::new(e.address, e.port),
+                            identity: e.identity.clone(),
+                        })
+                        .collect(),
+                    connect_timeout: svc
+                        .policy
+                        .outbound
+                        .timeouts
+                        .connect_ms
+                        .map(Duration::from_millis),
+                    next: AtomicUsize::new(0),
+                });
+                for ip in &svc.cluster_ips {
+                    targets.insert(SocketAddr::new(*ip, port.port), target.clone());
+                }
+                if own_namespace {
+                    for ep in &port.endpoints {
+                        if Some(ep.address) == pod.ip {
+                            inbound_ports
+                                .entry(ep.port)
+                                .or_insert_with(|| svc.policy.inbound.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Self {
+            generation: routes.generation,
+            trust_domain: routes.trust_domain.clone(),
+            targets,
+            inbound_ports,
+            inbound_default: routes.defaults.inbound.clone(),
+        }
+    }
+
+    /// The meshed destination behind a virtual address, if any.
+    pub fn target(&self, addr: &SocketAddr) -> Option<&Arc<Target>> {
+        self.targets.get(addr)
+    }
+
+    /// What the inbound side accepts on this pod's `port`.
+    pub fn inbound_policy(&self, port: u16) -> &InboundPolicy {
+        self.inbound_ports.get(&port).unwrap_or(&self.inbound_default)
+    }
+}
