@@ -1,32 +1,53 @@
 //! The proxy's Prometheus metrics. One registry owned by the proxy (no
 //! global), updated once per connection or reload, never per read.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Direction {
-    Inbound,
-    Outbound,
+/// Defines a label enum whose values are the given lowercase strings (the
+/// derive would print the variant names as they are spelled in Rust).
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    };
 }
 
-/// Which configuration a reload metric is about.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Kind {
-    Routes,
-    Identity,
-}
+label_enum!(Direction {
+    Inbound => "inbound",
+    Outbound => "outbound",
+});
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum Stream {
+label_enum!(
+    /// Which configuration a reload metric is about.
+    Kind {
+        Routes => "routes",
+        Identity => "identity",
+    }
+);
+
+label_enum!(Stream {
     /// From the side that opened the connection.
-    Request,
+    Request => "request",
     /// Back to the side that opened the connection.
-    Response,
-}
+    Response => "response",
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {

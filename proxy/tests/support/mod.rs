@@ -1,0 +1,421 @@
+//! Test fixtures: a mesh CA made with rcgen, kubelet-style mounted
+//! directories, whole proxies on loopback, and small apps and clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use weft_api::routes::*;
+use weft_api::{RoutesTable, SpiffeId};
+use weft_proxy::orig_dst::FixedDst;
+use weft_proxy::run::{Listeners, LogFormat, RunArgs, serve};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+pub fn spiffe(ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::workload(TRUST_DOMAIN, ns, sa).unwrap()
+}
+
+/// A mesh certificate authority.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A workload certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A currently valid leaf for `ns/sa`.
+    pub fn leaf(&self, ns: &str, sa: &str) -> Leaf {
+        let now = time_now();
+        self.leaf_with(
+            spiffe(ns, sa).as_str(),
+            now - 3600,
+            now + 24 * 3600,
+        )
+    }
+
+    /// A leaf for `ns/sa` that expired in 2021.
+    pub fn expired_leaf(&self, ns: &str, sa: &str) -> Leaf {
+        self.leaf_with(
+            spiffe(ns, sa).as_str(),
+            date_time_ymd(2020, 1, 1).unix_timestamp(),
+            date_time_ymd(2021, 1, 1).unix_timestamp(),
+        )
+    }
+
+    /// A leaf with `uri` as its only SAN, valid between the Unix times given.
+    pub fn leaf_with(&self, uri: &str, not_before: i64, not_after: i64) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Writes `files` into `dir` the way the kubelet updates a mounted volume:
+/// a new hidden timestamped directory, `..data_tmp` pointing at it renamed
+/// over `..data`, and each key a symlink through `..data`.
+pub fn kubelet_write(dir: &Path, files: &[(&str, &[u8])]) {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    std::fs::create_dir_all(dir).unwrap();
+    let snapshot = format!("..2026_11_22_{}", SEQ.fetch_add(1, Ordering::Relaxed));
+    std::fs::create_dir(dir.join(&snapshot)).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(&snapshot).join(name), content).unwrap();
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&snapshot, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+pub fn write_identity(dir: &Path, leaf: &Leaf, bundle: &str) {
+    kubelet_write(
+        dir,
+        &[
+            ("tls.crt", leaf.cert.as_bytes()),
+            ("tls.key", leaf.key.as_bytes()),
+            ("ca.crt", bundle.as_bytes()),
+        ],
+    );
+}
+
+pub fn write_routes(dir: &Path, table: &RoutesTable) {
+    kubelet_write(dir, &[("routes.json", &serde_json::to_vec_pretty(table).unwrap())]);
+}
+
+/// An empty table for `namespace` with the given inbound default.
+pub fn table(namespace: &str, generation: u64, inbound: InboundPolicy) -> RoutesTable {
+    RoutesTable {
+        version: 1,
+        generation,
+        trust_domain: TRUST_DOMAIN.into(),
+        namespace: namespace.into(),
+        defaults: Defaults { inbound },
+        services: vec![],
+    }
+}
+
+pub fn permissive() -> InboundPolicy {
+    InboundPolicy {
+        mtls: MtlsMode::Permissive,
+        authorization: Authorization::default(),
+    }
+}
+
+/// A Service at `vip:80` served by `endpoints` (address, identity).
+pub fn service(name: &str, ns: &str, vip: &str, endpoints: &[(SocketAddr, Option<SpiffeId>)]) -> Service {
+    Service {
+        name: name.into(),
+        namespace: ns.into(),
+        cluster_ips: vec![vip.parse().unwrap()],
+        ports: vec![ServicePort {
+            port: 80,
+            name: Some("http".into()),
+            protocol: Protocol::Opaque,
+            endpoints: endpoints
+                .iter()
+                .map(|(addr, identity)| Endpoint {
+                    address: addr.ip(),
+                    port: addr.port(),
+                    identity: identity.clone(),
+                    zone: None,
+                    ready: true,
+                })
+                .collect(),
+        }],
+        policy: Policy::default(),
+    }
+}
+
+/// A whole proxy on loopback whose connections all "were going to" `dst`.
+pub struct Proxy {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub routes_dir: PathBuf,
+    pub identity_dir: PathBuf,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub struct ProxyConfig {
+    pub namespace: String,
+    pub service_account: String,
+    pub dst: SocketAddr,
+    pub dir: PathBuf,
+    pub grace: Duration,
+}
+
+impl ProxyConfig {
+    pub fn new(dir: &Path, namespace: &str, service_account: &str, dst: SocketAddr) -> Self {
+        Self {
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            dst,
+            dir: dir.to_path_buf(),
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy over `<dir>/routes` and `<dir>/identity`, which
+    /// should already hold files so that it starts ready.
+    pub async fn start(cfg: ProxyConfig) -> Self {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let args = RunArgs {
+            routes_dir: cfg.dir.join("routes"),
+            identity_dir: cfg.dir.join("identity"),
+            pod_name: None,
+            pod_namespace: Some(cfg.namespace),
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            service_account: Some(cfg.service_account),
+            outbound_addr: any,
+            inbound_addr: any,
+            admin_addr: any,
+            log: "info".into(),
+            log_format: LogFormat::Plain,
+            shutdown_grace_period: cfg.grace,
+            connect_timeout: Duration::from_secs(2),
+            detect_timeout: Duration::from_millis(300),
+            reload_debounce: Duration::from_millis(10),
+            reload_poll: Duration::from_millis(250),
+            threads: 1,
+        };
+        let listeners = Listeners::bind(&args).await.unwrap();
+        let (outbound, inbound, admin) = (
+            listeners.outbound.local_addr().unwrap(),
+            listeners.inbound.local_addr().unwrap(),
+            listeners.admin.local_addr().unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let (routes_dir, identity_dir) = (args.routes_dir.clone(), args.identity_dir.clone());
+        let task = tokio::spawn(serve(args, listeners, Arc::new(FixedDst(cfg.dst)), shutdown.clone()));
+        Self {
+            outbound,
+            inbound,
+            admin,
+            routes_dir,
+            identity_dir,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http(self.admin, "GET", path).await
+    }
+
+    pub async fn config(&self) -> serde_json::Value {
+        serde_json::from_str(&self.get("/config").await.1).unwrap()
+    }
+
+    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        metric(&self.get("/metrics").await.1, name, labels)
+    }
+
+    /// Waits (generously) until `check` holds for `/config`.
+    pub async fn wait_config(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        for _ in 0..400 {
+            if check(&self.config().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("timed out waiting for {what}; config: {}", self.config().await);
+    }
+
+    /// Waits until metric `name{labels}` reaches `at_least`.
+    pub async fn wait_metric(&self, name: &str, labels: &[&str], at_least: f64) {
+        for _ in 0..400 {
+            if self.metric(name, labels).await >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "timed out waiting for {name}{labels:?} >= {at_least}:\n{}",
+            self.get("/metrics").await.1
+        );
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; `(status, body)`.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample of `name` whose labels contain every one of
+/// `labels` (e.g. `kind="routes"`), or 0 when there is none.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An app that echoes what it reads and, once the client half-closes,
+/// writes `END <name>` and closes. Counts the connections it accepted.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+}
+
+impl EchoApp {
+    pub async fn start(name: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                        let _ = w.write_all(format!("END {name}").as_bytes()).await;
+                    }
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends `payload`, half-closes, and reads until the other side closes.
+/// A reset counts as the end: the bytes read so far are returned.
+pub async fn exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        let _ = w.write_all(payload).await;
+        let _ = w.shutdown().await;
+    };
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::join!(write, read);
+    out
+}
+
+/// A pod "B": an echo app behind a proxy whose inbound side forwards to it.
+pub struct Server {
+    pub app: EchoApp,
+    pub proxy: Proxy,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start(name: &'static str, ca: &Ca, ns: &str, sa: &str, inbound: InboundPolicy) -> Self {
+        let app = EchoApp::start(name).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_identity(&dir.path().join("identity"), &ca.leaf(ns, sa), &ca.pem());
+        write_routes(&dir.path().join("routes"), &table(ns, 1, inbound));
+        let proxy = Proxy::start(ProxyConfig::new(dir.path(), ns, sa, app.addr)).await;
+        Self { app, proxy, dir }
+    }
+}
+
+/// The VIP of the Service the client pod calls.
+pub const VIP: &str = "198.19.0.10";
+
+pub fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), 80)
+}
+
+/// A pod "A" (web/frontend) whose outbound connections go to `VIP:80`,
+/// routed by `services`.
+pub async fn client_proxy(ca: &Ca, services: Vec<Service>) -> (Proxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(&dir.path().join("identity"), &ca.leaf("web", "frontend"), &ca.pem());
+    let mut t = table("web", 1, InboundPolicy::default());
+    t.services = services;
+    write_routes(&dir.path().join("routes"), &t);
+    let proxy = Proxy::start(ProxyConfig::new(dir.path(), "web", "frontend", vip())).await;
+    (proxy, dir)
+}
