@@ -76,9 +76,10 @@ impl Admin {
                 self.shutdown.cancel();
                 text(StatusCode::OK, "shutting down\n")
             }
-            (&Method::POST, "/shutdown") => {
-                text(StatusCode::FORBIDDEN, "shutdown is accepted from loopback only\n")
-            }
+            (&Method::POST, "/shutdown") => text(
+                StatusCode::FORBIDDEN,
+                "shutdown is accepted from loopback only\n",
+            ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -99,7 +99,10 @@ mod tests {
     fn any_authenticated_allows_every_identity_but_not_plaintext() {
         let mut p = policy(MtlsMode::Permissive, AuthzDefault::Deny);
         p.authorization.allow_any_authenticated = true;
-        assert_eq!(authorize(&p, "td", Some(&id("elsewhere", "a", "b"))), Ok(()));
+        assert_eq!(
+            authorize(&p, "td", Some(&id("elsewhere", "a", "b"))),
+            Ok(())
+        );
         assert_eq!(authorize(&p, "td", None), Err(Denial::NotAuthorized));
     }
 

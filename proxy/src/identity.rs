@@ -95,7 +95,11 @@ impl Identity {
         Ok(Self {
             id,
             not_after,
-            client: Arc::new(tls::client_config(provider, roots.clone(), certified.clone())?),
+            client: Arc::new(tls::client_config(
+                provider,
+                roots.clone(),
+                certified.clone(),
+            )?),
             server: Arc::new(tls::server_config(provider, roots, certified)?),
         })
     }
@@ -122,7 +126,10 @@ fn certificates(
 
 fn trust_bundle(pem: &[u8]) -> Result<RootCertStore, IdentityError> {
     let mut roots = RootCertStore::empty();
-    for (i, cert) in certificates(pem, TRUST_BUNDLE_FILE)?.into_iter().enumerate() {
+    for (i, cert) in certificates(pem, TRUST_BUNDLE_FILE)?
+        .into_iter()
+        .enumerate()
+    {
         roots.add(cert).map_err(|e| IdentityError::Pem {
             file: TRUST_BUNDLE_FILE,
             reason: format!("certificate #{} is not a usable root: {e}", i + 1),
@@ -133,9 +140,8 @@ fn trust_bundle(pem: &[u8]) -> Result<RootCertStore, IdentityError> {
 
 fn check_expected(id: &SpiffeId, expected: &Expected) -> Result<(), IdentityError> {
     let parts = id.workload_parts().ok();
-    let matches = |want: &Option<String>, got: Option<&str>| {
-        want.as_deref().is_none_or(|w| Some(w) == got)
-    };
+    let matches =
+        |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| Some(w) == got);
     if matches(&expected.namespace, parts.map(|p| p.0))
         && matches(&expected.service_account, parts.map(|p| p.1))
     {

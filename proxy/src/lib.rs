@@ -7,11 +7,11 @@
 //! the separate init-container command that installs iptables rules.
 #![forbid(unsafe_code)]
 
-pub mod init;
 pub mod admin;
 pub mod authz;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

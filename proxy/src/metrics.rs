@@ -133,7 +133,11 @@ impl Metrics {
             "Connections accepted and forwarded",
             m.opened.clone(),
         );
-        r.register("weft_connections_closed", "Connections finished", m.closed.clone());
+        r.register(
+            "weft_connections_closed",
+            "Connections finished",
+            m.closed.clone(),
+        );
         r.register(
             "weft_connections_denied",
             "Connections refused by policy; never forwarded",

@@ -196,8 +196,9 @@ impl Loader {
                 key: &snap.contents[1],
                 trust_bundle: &snap.contents[2],
             };
-            let identity = Identity::load(&files, &self.expected, &self.provider, SystemTime::now())
-                .map_err(|e| e.to_string())?;
+            let identity =
+                Identity::load(&files, &self.expected, &self.provider, SystemTime::now())
+                    .map_err(|e| e.to_string())?;
             Ok((snap, identity))
         });
         match result {

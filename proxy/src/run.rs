@@ -217,12 +217,18 @@ pub async fn serve(
         "weft-proxy serving"
     );
     tokio::join!(
-        accept_loop(listeners.outbound, tracker.clone(), shutdown.clone(), |s, _| {
-            outbound.clone().handle(s)
-        }),
-        accept_loop(listeners.inbound, tracker.clone(), shutdown.clone(), |s, peer| {
-            inbound.clone().handle(s, peer)
-        }),
+        accept_loop(
+            listeners.outbound,
+            tracker.clone(),
+            shutdown.clone(),
+            |s, _| { outbound.clone().handle(s) }
+        ),
+        accept_loop(
+            listeners.inbound,
+            tracker.clone(),
+            shutdown.clone(),
+            |s, peer| { inbound.clone().handle(s, peer) }
+        ),
     );
 
     state.start_draining();
@@ -233,7 +239,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(open = tracker.len(), "grace period over; closing what is left");
+        tracing::warn!(
+            open = tracker.len(),
+            "grace period over; closing what is left"
+        );
     }
     stop.cancel();
     Ok(())

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use weft_api::routes::{InboundPolicy, RoutesTable};
 use weft_api::SpiffeId;
+use weft_api::routes::{InboundPolicy, RoutesTable};
 
 /// Who this proxy serves, for picking its inbound policy out of the table.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +118,112 @@ impl Table {
 
     /// What the inbound side accepts on this pod's `port`.
     pub fn inbound_policy(&self, port: u16) -> &InboundPolicy {
-        self.inbound_ports.get(&port).unwrap_or(&self.inbound_default)
+        self.inbound_ports
+            .get(&port)
+            .unwrap_or(&self.inbound_default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_api::routes::{
+        Defaults, Endpoint as ApiEndpoint, MtlsMode, Policy, Protocol, Service, ServicePort,
+    };
+
+    fn ep(addr: &str, ready: bool) -> ApiEndpoint {
+        ApiEndpoint {
+            address: addr.parse().unwrap(),
+            port: 9090,
+            identity: None,
+            zone: None,
+            ready,
+        }
+    }
+
+    fn routes() -> RoutesTable {
+        let mut strict = Policy::default();
+        strict.inbound.mtls = MtlsMode::Strict;
+        strict.outbound.timeouts.connect_ms = Some(250);
+        RoutesTable {
+            version: 1,
+            generation: 4,
+            trust_domain: "td".into(),
+            namespace: "shop".into(),
+            defaults: Defaults {
+                inbound: InboundPolicy {
+                    mtls: MtlsMode::Permissive,
+                    ..Default::default()
+                },
+            },
+            services: vec![Service {
+                name: "cart".into(),
+                namespace: "shop".into(),
+                cluster_ips: vec!["198.19.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+                ports: vec![ServicePort {
+                    port: 80,
+                    name: None,
+                    protocol: Protocol::Detect,
+                    endpoints: vec![
+                        ep("198.18.0.1", true),
+                        ep("198.18.0.2", false),
+                        ep("198.18.0.3", true),
+                    ],
+                }],
+                policy: strict,
+            }],
+        }
+    }
+
+    fn pod(ns: &str, ip: &str) -> Pod {
+        Pod {
+            namespace: Some(ns.into()),
+            ip: Some(ip.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn every_virtual_ip_leads_to_the_ready_endpoints() {
+        let table = Table::new(&routes(), &Pod::default());
+        for vip in ["198.19.0.1:80", "[fd00::1]:80"] {
+            let target = table.target(&vip.parse().unwrap()).unwrap();
+            let addrs: Vec<_> = target
+                .endpoints
+                .iter()
+                .map(|e| e.addr.to_string())
+                .collect();
+            assert_eq!(addrs, ["198.18.0.1:9090", "198.18.0.3:9090"]);
+            assert_eq!(target.name, "shop/cart:80");
+            assert_eq!(target.connect_timeout, Some(Duration::from_millis(250)));
+        }
+        assert!(table.target(&"198.19.0.1:81".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn pick_order_rotates_and_covers_every_endpoint() {
+        let table = Table::new(&routes(), &Pod::default());
+        let target = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
+        let order = |t: &Target| {
+            t.pick_order()
+                .map(|e| e.addr.ip().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(target), ["198.18.0.1", "198.18.0.3"]);
+        assert_eq!(order(target), ["198.18.0.3", "198.18.0.1"]);
+        assert_eq!(order(target), ["198.18.0.1", "198.18.0.3"]);
+    }
+
+    #[test]
+    fn inbound_policy_comes_from_the_service_listing_this_pod() {
+        let own = Table::new(&routes(), &pod("shop", "198.18.0.2"));
+        assert_eq!(own.inbound_policy(9090).mtls, MtlsMode::Strict);
+        assert_eq!(own.inbound_policy(9091).mtls, MtlsMode::Permissive);
+        let not_listed = Table::new(&routes(), &pod("shop", "198.18.0.9"));
+        assert_eq!(not_listed.inbound_policy(9090).mtls, MtlsMode::Permissive);
+        let other_namespace = Table::new(&routes(), &pod("web", "198.18.0.1"));
+        assert_eq!(
+            other_namespace.inbound_policy(9090).mtls,
+            MtlsMode::Permissive
+        );
     }
 }

@@ -7,10 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,7 +36,12 @@ fn roots(ca: &Ca) -> Arc<RootCertStore> {
 async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
     let ca = Ca::new("root");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service("cart", "shop", VIP, &[(b.proxy.inbound, Some(spiffe("shop", "cart")))]);
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"hello").await, b"helloEND b");
@@ -44,14 +49,24 @@ async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
     let client_id = r#"peer_identity="spiffe://cluster.local/ns/web/sa/frontend""#;
     let server_id = r#"peer_identity="spiffe://cluster.local/ns/shop/sa/cart""#;
     b.proxy
-        .wait_metric("weft_connections_closed_total", &["direction=\"inbound\"", client_id, "tls=\"true\""], 1.0)
+        .wait_metric(
+            "weft_connections_closed_total",
+            &["direction=\"inbound\"", client_id, "tls=\"true\""],
+            1.0,
+        )
         .await;
     assert_eq!(
-        a.metric("weft_connections_opened_total", &["direction=\"outbound\"", server_id, "tls=\"true\""]).await,
+        a.metric(
+            "weft_connections_opened_total",
+            &["direction=\"outbound\"", server_id, "tls=\"true\""]
+        )
+        .await,
         1.0
     );
     assert_eq!(
-        b.proxy.metric("weft_bytes_total", &["stream=\"request\"", client_id]).await,
+        b.proxy
+            .metric("weft_bytes_total", &["stream=\"request\"", client_id])
+            .await,
         5.0
     );
 }
@@ -60,10 +75,17 @@ async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
 async fn large_transfer_with_half_close_arrives_intact() {
     let ca = Ca::new("root");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service("cart", "shop", VIP, &[(b.proxy.inbound, Some(spiffe("shop", "cart")))]);
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
-    let payload: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let got = exchange(a.outbound, &payload).await;
     // The app writes END only after it has read EOF: the half-close crossed
     // both proxies while the other direction stayed open.
@@ -77,12 +99,21 @@ async fn wrong_server_identity_is_refused() {
     let ca = Ca::new("root");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
     // The table says the endpoint is shop/payments; it presents shop/cart.
-    let svc = service("cart", "shop", VIP, &[(b.proxy.inbound, Some(spiffe("shop", "payments")))]);
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "payments")))],
+    );
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"secret").await, b"");
     assert_eq!(
-        a.metric("weft_tls_handshake_failures_total", &["reason=\"identity_mismatch\""]).await,
+        a.metric(
+            "weft_tls_handshake_failures_total",
+            &["reason=\"identity_mismatch\""]
+        )
+        .await,
         1.0
     );
     assert_eq!(a.metric("weft_connections_opened_total", &[]).await, 0.0);
@@ -93,12 +124,21 @@ async fn server_from_untrusted_ca_is_refused_by_both_sides() {
     let ca = Ca::new("root");
     let rogue = Ca::new("rogue");
     let b = Server::start("b", &rogue, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service("cart", "shop", VIP, &[(b.proxy.inbound, Some(spiffe("shop", "cart")))]);
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"secret").await, b"");
     assert_eq!(
-        a.metric("weft_tls_handshake_failures_total", &["direction=\"outbound\"", "reason=\"handshake\""]).await,
+        a.metric(
+            "weft_tls_handshake_failures_total",
+            &["direction=\"outbound\"", "reason=\"handshake\""]
+        )
+        .await,
         1.0
     );
     assert_eq!(b.app.accepted(), 0);
@@ -109,7 +149,9 @@ async fn expired_server_certificate_is_refused() {
     let ca = Ca::new("root");
     // A TLS server that presents an expired (but otherwise right) certificate.
     let leaf = ca.expired_leaf("shop", "cart");
-    let config = weft_proxy::tls::server_config(&weft_proxy::tls::provider(), roots(&ca), certified(&leaf)).unwrap();
+    let config =
+        weft_proxy::tls::server_config(&weft_proxy::tls::provider(), roots(&ca), certified(&leaf))
+            .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -123,7 +165,11 @@ async fn expired_server_certificate_is_refused() {
     assert_eq!(exchange(a.outbound, b"secret").await, b"");
     assert!(!server.await.unwrap(), "the handshake must not complete");
     assert_eq!(
-        a.metric("weft_tls_handshake_failures_total", &["reason=\"handshake\""]).await,
+        a.metric(
+            "weft_tls_handshake_failures_total",
+            &["reason=\"handshake\""]
+        )
+        .await,
         1.0
     );
 }
@@ -135,7 +181,10 @@ async fn raw_mesh_client(inbound: std::net::SocketAddr, ca: &Ca, leaf: &Leaf) ->
     let config = weft_proxy::tls::client_config(&provider, roots(ca), certified(leaf)).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(inbound).await.unwrap();
-    let Ok(mut tls) = connector.connect(ServerName::IpAddress(inbound.ip().into()), tcp).await else {
+    let Ok(mut tls) = connector
+        .connect(ServerName::IpAddress(inbound.ip().into()), tcp)
+        .await
+    else {
         return Vec::new();
     };
     let _ = tls.write_all(b"hi").await;
@@ -151,12 +200,25 @@ async fn inbound_refuses_expired_and_untrusted_client_certificates() {
     let rogue = Ca::new("rogue");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
 
-    assert_eq!(raw_mesh_client(b.proxy.inbound, &ca, &ca.leaf("web", "frontend")).await, b"hiEND b");
-    assert_eq!(raw_mesh_client(b.proxy.inbound, &ca, &ca.expired_leaf("web", "frontend")).await, b"");
-    assert_eq!(raw_mesh_client(b.proxy.inbound, &ca, &rogue.leaf("web", "frontend")).await, b"");
+    assert_eq!(
+        raw_mesh_client(b.proxy.inbound, &ca, &ca.leaf("web", "frontend")).await,
+        b"hiEND b"
+    );
+    assert_eq!(
+        raw_mesh_client(b.proxy.inbound, &ca, &ca.expired_leaf("web", "frontend")).await,
+        b""
+    );
+    assert_eq!(
+        raw_mesh_client(b.proxy.inbound, &ca, &rogue.leaf("web", "frontend")).await,
+        b""
+    );
     assert_eq!(b.app.accepted(), 1, "only the valid client reaches the app");
     b.proxy
-        .wait_metric("weft_tls_handshake_failures_total", &["direction=\"inbound\"", "reason=\"handshake\""], 2.0)
+        .wait_metric(
+            "weft_tls_handshake_failures_total",
+            &["direction=\"inbound\"", "reason=\"handshake\""],
+            2.0,
+        )
         .await;
 }
 
@@ -168,7 +230,11 @@ async fn endpoint_without_identity_gets_plaintext() {
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"x").await, b"xEND plain");
-    assert_eq!(a.metric("weft_connections_opened_total", &["tls=\"false\""]).await, 1.0);
+    assert_eq!(
+        a.metric("weft_connections_opened_total", &["tls=\"false\""])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -176,11 +242,21 @@ async fn unknown_destination_passes_through_unchanged() {
     let ca = Ca::new("root");
     let app = EchoApp::start("outside").await;
     let dir = tempfile::tempdir().unwrap();
-    write_identity(&dir.path().join("identity"), &ca.leaf("web", "frontend"), &ca.pem());
-    write_routes(&dir.path().join("routes"), &table("web", 1, InboundPolicy::default()));
+    write_identity(
+        &dir.path().join("identity"),
+        &ca.leaf("web", "frontend"),
+        &ca.pem(),
+    );
+    write_routes(
+        &dir.path().join("routes"),
+        &table("web", 1, InboundPolicy::default()),
+    );
     let a = Proxy::start(ProxyConfig::new(dir.path(), "web", "frontend", app.addr)).await;
 
-    assert_eq!(exchange(a.outbound, b"raw bytes").await, b"raw bytesEND outside");
+    assert_eq!(
+        exchange(a.outbound, b"raw bytes").await,
+        b"raw bytesEND outside"
+    );
     assert_eq!(app.accepted(), 1);
 }
 
@@ -196,12 +272,19 @@ async fn failed_connect_moves_on_to_another_endpoint() {
         "cart",
         "shop",
         VIP,
-        &[(dead, Some(spiffe("shop", "cart"))), (b.proxy.inbound, Some(spiffe("shop", "cart")))],
+        &[
+            (dead, Some(spiffe("shop", "cart"))),
+            (b.proxy.inbound, Some(spiffe("shop", "cart"))),
+        ],
     );
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     for _ in 0..4 {
         assert_eq!(exchange(a.outbound, b"x").await, b"xEND b");
     }
-    assert!(a.metric("weft_connect_failures_total", &["direction=\"outbound\""]).await >= 1.0);
+    assert!(
+        a.metric("weft_connect_failures_total", &["direction=\"outbound\""])
+            .await
+            >= 1.0
+    );
 }

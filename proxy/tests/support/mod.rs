@@ -57,11 +57,7 @@ impl Ca {
     /// A currently valid leaf for `ns/sa`.
     pub fn leaf(&self, ns: &str, sa: &str) -> Leaf {
         let now = time_now();
-        self.leaf_with(
-            spiffe(ns, sa).as_str(),
-            now - 3600,
-            now + 24 * 3600,
-        )
+        self.leaf_with(spiffe(ns, sa).as_str(), now - 3600, now + 24 * 3600)
     }
 
     /// A leaf for `ns/sa` that expired in 2021.
@@ -139,7 +135,10 @@ pub fn write_identity(dir: &Path, leaf: &Leaf, bundle: &str) {
 }
 
 pub fn write_routes(dir: &Path, table: &RoutesTable) {
-    kubelet_write(dir, &[("routes.json", &serde_json::to_vec_pretty(table).unwrap())]);
+    kubelet_write(
+        dir,
+        &[("routes.json", &serde_json::to_vec_pretty(table).unwrap())],
+    );
 }
 
 /// An empty table for `namespace` with the given inbound default.
@@ -162,7 +161,12 @@ pub fn permissive() -> InboundPolicy {
 }
 
 /// A Service at `vip:80` served by `endpoints` (address, identity).
-pub fn service(name: &str, ns: &str, vip: &str, endpoints: &[(SocketAddr, Option<SpiffeId>)]) -> Service {
+pub fn service(
+    name: &str,
+    ns: &str,
+    vip: &str,
+    endpoints: &[(SocketAddr, Option<SpiffeId>)],
+) -> Service {
     Service {
         name: name.into(),
         namespace: ns.into(),
@@ -249,7 +253,12 @@ impl Proxy {
         );
         let shutdown = CancellationToken::new();
         let (routes_dir, identity_dir) = (args.routes_dir.clone(), args.identity_dir.clone());
-        let task = tokio::spawn(serve(args, listeners, Arc::new(FixedDst(cfg.dst)), shutdown.clone()));
+        let task = tokio::spawn(serve(
+            args,
+            listeners,
+            Arc::new(FixedDst(cfg.dst)),
+            shutdown.clone(),
+        ));
         Self {
             outbound,
             inbound,
@@ -281,7 +290,10 @@ impl Proxy {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("timed out waiting for {what}; config: {}", self.config().await);
+        panic!(
+            "timed out waiting for {what}; config: {}",
+            self.config().await
+        );
     }
 
     /// Waits until metric `name{labels}` reaches `at_least`.
@@ -307,12 +319,17 @@ impl Proxy {
 /// One HTTP/1.1 request over a fresh connection; `(status, body)`.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -341,7 +358,9 @@ impl EchoApp {
         let counter = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let (mut r, mut w) = s.split();
@@ -391,7 +410,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(name: &'static str, ca: &Ca, ns: &str, sa: &str, inbound: InboundPolicy) -> Self {
+    pub async fn start(
+        name: &'static str,
+        ca: &Ca,
+        ns: &str,
+        sa: &str,
+        inbound: InboundPolicy,
+    ) -> Self {
         let app = EchoApp::start(name).await;
         let dir = tempfile::tempdir().unwrap();
         write_identity(&dir.path().join("identity"), &ca.leaf(ns, sa), &ca.pem());
@@ -412,7 +437,11 @@ pub fn vip() -> SocketAddr {
 /// routed by `services`.
 pub async fn client_proxy(ca: &Ca, services: Vec<Service>) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    write_identity(&dir.path().join("identity"), &ca.leaf("web", "frontend"), &ca.pem());
+    write_identity(
+        &dir.path().join("identity"),
+        &ca.leaf("web", "frontend"),
+        &ca.pem(),
+    );
     let mut t = table("web", 1, InboundPolicy::default());
     t.services = services;
     write_routes(&dir.path().join("routes"), &t);

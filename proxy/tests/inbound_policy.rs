@@ -1,0 +1,138 @@
+//! Inbound policy: mTLS mode and authorization decide who reaches the app;
+//! a denied connection is counted and never forwarded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::*;
+use weft_api::routes::{Authorization, AuthzDefault, InboundPolicy, MtlsMode};
+
+fn deny_except(authorization: Authorization) -> InboundPolicy {
+    InboundPolicy {
+        mtls: MtlsMode::Strict,
+        authorization: Authorization {
+            default: AuthzDefault::Deny,
+            ..authorization
+        },
+    }
+}
+
+#[tokio::test]
+async fn strict_mode_refuses_plaintext_and_never_forwards_it() {
+    let ca = Ca::new("root");
+    let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
+
+    assert_eq!(
+        exchange(b.proxy.inbound, b"GET / HTTP/1.1\r\n\r\n").await,
+        b""
+    );
+    b.proxy
+        .wait_metric(
+            "weft_connections_denied_total",
+            &["reason=\"plaintext_refused\""],
+            1.0,
+        )
+        .await;
+    assert_eq!(b.app.accepted(), 0);
+}
+
+#[tokio::test]
+async fn permissive_mode_accepts_plaintext_and_mesh_tls() {
+    let ca = Ca::new("root");
+    let b = Server::start("b", &ca, "shop", "cart", permissive()).await;
+    assert_eq!(exchange(b.proxy.inbound, b"plain").await, b"plainEND b");
+
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
+    let (a, _dir) = client_proxy(&ca, vec![svc]).await;
+    assert_eq!(exchange(a.outbound, b"tls").await, b"tlsEND b");
+    b.proxy
+        .wait_metric("weft_connections_closed_total", &["tls=\"true\""], 1.0)
+        .await;
+    assert_eq!(
+        b.proxy
+            .metric("weft_connections_closed_total", &["tls=\"false\""])
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn authorization_allows_listed_identities_and_denies_the_rest() {
+    let ca = Ca::new("root");
+    let allowed = deny_except(Authorization {
+        allow_identities: vec![spiffe("web", "frontend")],
+        ..Default::default()
+    });
+    let b = Server::start("b", &ca, "shop", "cart", allowed).await;
+    let svc = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
+    let (a, _dir) = client_proxy(&ca, vec![svc.clone()]).await;
+    assert_eq!(exchange(a.outbound, b"ok").await, b"okEND b");
+
+    // Another client identity is denied after the handshake.
+    let b2 = Server::start(
+        "b2",
+        &ca,
+        "shop",
+        "cart",
+        deny_except(Authorization {
+            allow_namespaces: vec!["ops".into()],
+            ..Default::default()
+        }),
+    )
+    .await;
+    let svc2 = service(
+        "cart",
+        "shop",
+        VIP,
+        &[(b2.proxy.inbound, Some(spiffe("shop", "cart")))],
+    );
+    let (a2, _dir2) = client_proxy(&ca, vec![svc2]).await;
+    assert_eq!(exchange(a2.outbound, b"no").await, b"");
+    b2.proxy
+        .wait_metric(
+            "weft_connections_denied_total",
+            &[
+                "reason=\"not_authorized\"",
+                "peer_identity=\"spiffe://cluster.local/ns/web/sa/frontend\"",
+            ],
+            1.0,
+        )
+        .await;
+    assert_eq!(b2.app.accepted(), 0);
+}
+
+#[tokio::test]
+async fn a_service_policy_applies_to_its_target_port_only() {
+    let ca = Ca::new("root");
+    let app = EchoApp::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(
+        &dir.path().join("identity"),
+        &ca.leaf("shop", "cart"),
+        &ca.pem(),
+    );
+    // The namespace default is permissive; the Service that lists this pod
+    // (127.0.0.1) at the app's port is strict.
+    let mut t = table("shop", 1, permissive());
+    let mut svc = service("cart", "shop", "198.19.0.20", &[(app.addr, None)]);
+    svc.policy.inbound = InboundPolicy::default();
+    t.services = vec![svc];
+    write_routes(&dir.path().join("routes"), &t);
+    let strict = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", app.addr)).await;
+    assert_eq!(exchange(strict.inbound, b"plain").await, b"");
+
+    // The same table, a connection to another port: the default applies.
+    let other = EchoApp::start("other").await;
+    let default = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", other.addr)).await;
+    assert_eq!(exchange(default.inbound, b"plain").await, b"plainEND other");
+}
