@@ -235,7 +235,8 @@ fn port_and_endpoint_rules() {
 
 #[test]
 fn policy_rules() {
-    let cases: Vec<(&str, fn(&mut OutboundPolicy))> = vec![
+    type Mutation = fn(&mut OutboundPolicy);
+    let cases: Vec<(&str, Mutation)> = vec![
         ("timeouts.connectMs", |o| o.timeouts.connect_ms = Some(0)),
         ("timeouts.requestMs", |o| o.timeouts.request_ms = Some(0)),
         ("timeouts.idleMs", |o| o.timeouts.idle_ms = Some(0)),

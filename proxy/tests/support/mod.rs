@@ -1,6 +1,6 @@
-//! Test fixtures: a mesh CA made with rcgen, kubelet-style mounted
+//! Test fixtures: the e2e crate's test CA and kubelet-style mounted
 //! directories, whole proxies on loopback, and small apps and clients.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,138 +8,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use weft_api::routes::*;
 use weft_api::{RoutesTable, SpiffeId};
+pub use weft_e2e::mount::{kubelet_write, write_identity, write_routes};
+pub use weft_e2e::pki::{Ca, Leaf, TRUST_DOMAIN, spiffe};
 use weft_proxy::orig_dst::FixedDst;
 use weft_proxy::run::{Listeners, LogFormat, RunArgs, serve};
-
-pub const TRUST_DOMAIN: &str = "cluster.local";
-
-pub fn spiffe(ns: &str, sa: &str) -> SpiffeId {
-    SpiffeId::workload(TRUST_DOMAIN, ns, sa).unwrap()
-}
-
-/// A mesh certificate authority.
-pub struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A workload certificate and its key, PEM.
-#[derive(Clone)]
-pub struct Leaf {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        Self {
-            issuer: CertifiedIssuer::self_signed(params, key).unwrap(),
-        }
-    }
-
-    pub fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A currently valid leaf for `ns/sa`.
-    pub fn leaf(&self, ns: &str, sa: &str) -> Leaf {
-        let now = time_now();
-        self.leaf_with(spiffe(ns, sa).as_str(), now - 3600, now + 24 * 3600)
-    }
-
-    /// A leaf for `ns/sa` that expired in 2021.
-    pub fn expired_leaf(&self, ns: &str, sa: &str) -> Leaf {
-        self.leaf_with(
-            spiffe(ns, sa).as_str(),
-            date_time_ymd(2020, 1, 1).unix_timestamp(),
-            date_time_ymd(2021, 1, 1).unix_timestamp(),
-        )
-    }
-
-    /// A leaf with `uri` as its only SAN, valid between the Unix times given.
-    pub fn leaf_with(&self, uri: &str, not_before: i64, not_after: i64) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
-        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-fn time_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// Writes `files` into `dir` the way the kubelet updates a mounted volume:
-/// a new hidden timestamped directory, `..data_tmp` pointing at it renamed
-/// over `..data`, and each key a symlink through `..data`.
-pub fn kubelet_write(dir: &Path, files: &[(&str, &[u8])]) {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    std::fs::create_dir_all(dir).unwrap();
-    let snapshot = format!("..2026_11_22_{}", SEQ.fetch_add(1, Ordering::Relaxed));
-    std::fs::create_dir(dir.join(&snapshot)).unwrap();
-    for (name, content) in files {
-        std::fs::write(dir.join(&snapshot).join(name), content).unwrap();
-    }
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&snapshot, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for (name, _) in files {
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
-        }
-    }
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old)).unwrap();
-    }
-}
-
-pub fn write_identity(dir: &Path, leaf: &Leaf, bundle: &str) {
-    kubelet_write(
-        dir,
-        &[
-            ("tls.crt", leaf.cert.as_bytes()),
-            ("tls.key", leaf.key.as_bytes()),
-            ("ca.crt", bundle.as_bytes()),
-        ],
-    );
-}
-
-pub fn write_routes(dir: &Path, table: &RoutesTable) {
-    kubelet_write(
-        dir,
-        &[("routes.json", &serde_json::to_vec_pretty(table).unwrap())],
-    );
-}
 
 /// An empty table for `namespace` with the given inbound default.
 pub fn table(namespace: &str, generation: u64, inbound: InboundPolicy) -> RoutesTable {
