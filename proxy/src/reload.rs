@@ -307,6 +307,19 @@ pub async fn watch(mut loader: Loader, pacing: Pacing, shutdown: CancellationTok
             () = tokio::time::sleep(pacing.poll) => {}
             () = shutdown.cancelled() => return,
         }
-        loader.reload_all();
+        // Reading and parsing a large table takes milliseconds: keep it off
+        // the threads that relay traffic.
+        loader = match tokio::task::spawn_blocking(move || {
+            loader.reload_all();
+            loader
+        })
+        .await
+        {
+            Ok(loader) => loader,
+            Err(e) => {
+                tracing::error!(error = %e, "reload task failed; reloads stop");
+                return;
+            }
+        };
     }
 }

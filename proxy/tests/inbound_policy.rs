@@ -42,12 +42,7 @@ async fn permissive_mode_accepts_plaintext_and_mesh_tls() {
     let b = Server::start("b", &ca, "shop", "cart", permissive()).await;
     assert_eq!(exchange(b.proxy.inbound, b"plain").await, b"plainEND b");
 
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
+    let svc = cart(b.proxy.inbound, "cart");
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
     assert_eq!(exchange(a.outbound, b"tls").await, b"tlsEND b");
     b.proxy
@@ -69,12 +64,7 @@ async fn authorization_allows_listed_identities_and_denies_the_rest() {
         ..Default::default()
     });
     let b = Server::start("b", &ca, "shop", "cart", allowed).await;
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
+    let svc = cart(b.proxy.inbound, "cart");
     let (a, _dir) = client_proxy(&ca, vec![svc.clone()]).await;
     assert_eq!(exchange(a.outbound, b"ok").await, b"okEND b");
 
@@ -90,12 +80,7 @@ async fn authorization_allows_listed_identities_and_denies_the_rest() {
         }),
     )
     .await;
-    let svc2 = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b2.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
+    let svc2 = cart(b2.proxy.inbound, "cart");
     let (a2, _dir2) = client_proxy(&ca, vec![svc2]).await;
     assert_eq!(exchange(a2.outbound, b"no").await, b"");
     b2.proxy

@@ -53,13 +53,7 @@ async fn drain_lets_open_connections_finish_and_refuses_new_ones() {
 async fn grace_period_bounds_the_drain() {
     let ca = Ca::new("root");
     let app = EchoApp::start("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    write_identity(
-        &dir.path().join("identity"),
-        &ca.leaf("shop", "cart"),
-        &ca.pem(),
-    );
-    write_routes(&dir.path().join("routes"), &table("shop", 1, permissive()));
+    let dir = mounts(&ca, "shop", "cart", &table("shop", 1, permissive()));
     let mut cfg = ProxyConfig::new(dir.path(), "shop", "cart", app.addr);
     cfg.grace = Duration::from_millis(200);
     let proxy = Proxy::start(cfg).await;
@@ -91,13 +85,7 @@ async fn shutdown_endpoint_drains_like_sigterm() {
 #[test]
 fn the_binary_exits_zero_on_sigterm() {
     let ca = Ca::new("root");
-    let dir = tempfile::tempdir().unwrap();
-    write_identity(
-        &dir.path().join("identity"),
-        &ca.leaf("shop", "cart"),
-        &ca.pem(),
-    );
-    write_routes(&dir.path().join("routes"), &table("shop", 1, permissive()));
+    let dir = mounts(&ca, "shop", "cart", &table("shop", 1, permissive()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
         .args([
             "run",

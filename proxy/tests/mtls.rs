@@ -35,14 +35,7 @@ fn roots(ca: &Ca) -> Arc<RootCertStore> {
 #[tokio::test]
 async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
     let ca = Ca::new("root");
-    let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
-    let (a, _dir) = client_proxy(&ca, vec![svc]).await;
+    let (b, a, _dir) = pair(&ca, InboundPolicy::default()).await;
 
     assert_eq!(exchange(a.outbound, b"hello").await, b"helloEND b");
 
@@ -74,14 +67,7 @@ async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
 #[tokio::test]
 async fn large_transfer_with_half_close_arrives_intact() {
     let ca = Ca::new("root");
-    let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
-    let (a, _dir) = client_proxy(&ca, vec![svc]).await;
+    let (_b, a, _dir) = pair(&ca, InboundPolicy::default()).await;
 
     let payload: Vec<u8> = (0..8 * 1024 * 1024u32)
         .map(|i| (i * 7 % 251) as u8)
@@ -99,12 +85,7 @@ async fn wrong_server_identity_is_refused() {
     let ca = Ca::new("root");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
     // The table says the endpoint is shop/payments; it presents shop/cart.
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "payments")))],
-    );
+    let svc = cart(b.proxy.inbound, "payments");
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"secret").await, b"");
@@ -124,12 +105,7 @@ async fn server_from_untrusted_ca_is_refused_by_both_sides() {
     let ca = Ca::new("root");
     let rogue = Ca::new("rogue");
     let b = Server::start("b", &rogue, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
+    let svc = cart(b.proxy.inbound, "cart");
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"secret").await, b"");
@@ -159,7 +135,7 @@ async fn expired_server_certificate_is_refused() {
         let (s, _) = listener.accept().await.unwrap();
         acceptor.accept(s).await.is_ok()
     });
-    let svc = service("cart", "shop", VIP, &[(addr, Some(spiffe("shop", "cart")))]);
+    let svc = cart(addr, "cart");
     let (a, _dir) = client_proxy(&ca, vec![svc]).await;
 
     assert_eq!(exchange(a.outbound, b"secret").await, b"");

@@ -86,12 +86,7 @@ async fn bad_files_are_refused_and_the_last_good_config_stays() {
     let ca = Ca::new("root");
     let rogue = Ca::new("rogue");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
-    let svc = service(
-        "cart",
-        "shop",
-        VIP,
-        &[(b.proxy.inbound, Some(spiffe("shop", "cart")))],
-    );
+    let svc = cart(b.proxy.inbound, "cart");
     let (a, dir) = client_proxy(&ca, vec![svc.clone()]).await;
     let good = a.config().await;
     let routes_dir = dir.path().join("routes");

@@ -295,9 +295,7 @@ impl Server {
         inbound: InboundPolicy,
     ) -> Self {
         let app = EchoApp::start(name).await;
-        let dir = tempfile::tempdir().unwrap();
-        write_identity(&dir.path().join("identity"), &ca.leaf(ns, sa), &ca.pem());
-        write_routes(&dir.path().join("routes"), &table(ns, 1, inbound));
+        let dir = mounts(ca, ns, sa, &table(ns, 1, inbound));
         let proxy = Proxy::start(ProxyConfig::new(dir.path(), ns, sa, app.addr)).await;
         Self { app, proxy, dir }
     }
@@ -324,4 +322,24 @@ pub async fn client_proxy(ca: &Ca, services: Vec<Service>) -> (Proxy, tempfile::
     write_routes(&dir.path().join("routes"), &t);
     let proxy = Proxy::start(ProxyConfig::new(dir.path(), "web", "frontend", vip())).await;
     (proxy, dir)
+}
+
+/// `shop/cart` at `VIP:80` with the one endpoint `addr`, meshed as `shop/<sa>`.
+pub fn cart(addr: SocketAddr, sa: &str) -> Service {
+    service("cart", "shop", VIP, &[(addr, Some(spiffe("shop", sa)))])
+}
+
+/// Pod "B" (`shop/cart`, inbound `policy`) and pod "A" calling it at `VIP:80`.
+pub async fn pair(ca: &Ca, policy: InboundPolicy) -> (Server, Proxy, tempfile::TempDir) {
+    let b = Server::start("b", ca, "shop", "cart", policy).await;
+    let (a, dir) = client_proxy(ca, vec![cart(b.proxy.inbound, "cart")]).await;
+    (b, a, dir)
+}
+
+/// A directory with valid mounts for `ns/sa` holding `table`.
+pub fn mounts(ca: &Ca, ns: &str, sa: &str, table: &RoutesTable) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_identity(&dir.path().join("identity"), &ca.leaf(ns, sa), &ca.pem());
+    write_routes(&dir.path().join("routes"), table);
+    dir
 }
