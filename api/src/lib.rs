@@ -6,6 +6,7 @@
 //! Kubernetes client), so both sides and every test can depend on it cheaply.
 #![forbid(unsafe_code)]
 
+pub mod duration;
 pub mod names;
 pub mod routes;
 pub mod spiffe;

@@ -51,3 +51,15 @@ pub mod env {
 pub fn identity_secret_name(service_account: &str) -> String {
     format!("{IDENTITY_SECRET_PREFIX}{service_account}")
 }
+
+/// Annotations and labels users and the operator put on Kubernetes objects.
+pub mod annotations {
+    /// `enabled` on a Namespace or Pod meshes it; `disabled` on a Pod opts out.
+    pub const INJECT: &str = "weft.dev/inject";
+    /// Set by injection to the proxy version; a pod with it has the sidecar.
+    pub const INJECTED: &str = "weft.dev/injected";
+    /// Comma-separated ports whose traffic is never inspected (on a Service or Pod).
+    pub const OPAQUE_PORTS: &str = "weft.dev/opaque-ports";
+    /// The label EndpointSlices carry naming their Service.
+    pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+}

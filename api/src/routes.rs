@@ -44,6 +44,10 @@ pub struct RoutesTable {
     /// Increases with every change the operator writes; the higher wins when
     /// the same table arrives by two paths.
     pub generation: u64,
+    /// `sha256:<hex>` of the table's content with `generation` and `digest`
+    /// left out: equal digests mean nothing to route differently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub trust_domain: String,
     /// The namespace whose pods use this table.
     pub namespace: String,

@@ -24,6 +24,7 @@ fn table() -> RoutesTable {
     RoutesTable {
         version: 1,
         generation: 3,
+        digest: None,
         trust_domain: "cluster.local".into(),
         namespace: "shop".into(),
         defaults: Defaults::default(),

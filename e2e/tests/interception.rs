@@ -76,6 +76,7 @@ fn table(namespace: &str) -> RoutesTable {
     RoutesTable {
         version: 1,
         generation: 1,
+        digest: None,
         trust_domain: TRUST_DOMAIN.into(),
         namespace: namespace.into(),
         defaults: Defaults::default(),

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use weft_api::duration::parse_duration;
 use weft_api::names::{self, env};
 
 use crate::admin::{self, Admin};
@@ -76,23 +77,6 @@ pub struct RunArgs {
     /// Worker threads.
     #[arg(long, env = "WEFT_THREADS", default_value_t = 1)]
     pub threads: usize,
-}
-
-/// Parses `250ms`, `2s`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (ms, s or m)"))?;
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a number"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} has unit {unit:?}; use ms, s or m")),
-    }
 }
 
 /// The listeners, bound by the caller so tests can use port 0.

@@ -148,6 +148,7 @@ mod tests {
         RoutesTable {
             version: 1,
             generation: 4,
+            digest: None,
             trust_domain: "td".into(),
             namespace: "shop".into(),
             defaults: Defaults {

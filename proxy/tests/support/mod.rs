@@ -23,6 +23,7 @@ pub fn table(namespace: &str, generation: u64, inbound: InboundPolicy) -> Routes
     RoutesTable {
         version: 1,
         generation,
+        digest: None,
         trust_domain: TRUST_DOMAIN.into(),
         namespace: namespace.into(),
         defaults: Defaults { inbound },
