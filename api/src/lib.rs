@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod names;
+pub mod net;
 pub mod routes;
 pub mod spiffe;
 pub mod validate;

@@ -20,6 +20,15 @@ pub const IDENTITY_DIR: &str = "/var/run/weft/identity";
 
 /// The routing table's key in the `weft-routes` ConfigMap and its file name.
 pub const ROUTES_FILE: &str = "routes.json";
+/// The routing table gzip-compressed: a `binaryData` key of the `weft-routes`
+/// ConfigMap, used instead of [`ROUTES_FILE`] when the JSON is too large for
+/// the ConfigMap to stay under the API server's 1 MiB object limit. The
+/// kubelet mounts it as a file of this name.
+pub const ROUTES_FILE_GZ: &str = "routes.json.gz";
+/// The largest routing table (JSON bytes, after decompression) a proxy
+/// accepts; a bigger one is refused, so a gzip bomb cannot exhaust the
+/// sidecar's memory. The operator must never write a bigger table.
+pub const ROUTES_MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
 /// The workload certificate, leaf first then chain (PEM).
 pub const CERT_FILE: &str = "tls.crt";
 /// The workload private key (PKCS#8 PEM).

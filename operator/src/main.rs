@@ -1,22 +1,41 @@
-//! `weft-operator`: the Weft control plane.
-//!
-//! The controller, certificate authority, admission webhook and local
-//! runtime arrive with the control-plane and injection work; until then the
-//! binary only identifies itself, so images and charts can be wired early.
+//! `weft-operator`: the Weft control plane. Each subcommand's logic lives in
+//! its own library module; this file only parses the command line and
+//! dispatches.
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "weft-operator",
-    version,
-    about = "The Weft control plane (not yet implemented: see docs/ARCHITECTURE.md, Status)"
-)]
-struct Cli {}
+#[command(name = "weft-operator", version, about = "The Weft control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
-    eprintln!("weft-operator: the control plane is not implemented yet; see docs/ARCHITECTURE.md");
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
+    Crdgen(weft_operator::crdgen::CrdgenArgs),
+    /// Run the control plane over a directory of manifests, without a cluster.
+    Local(weft_operator::local::LocalArgs),
+    /// Print a manifest file with every pod and pod template injected.
+    Inject(weft_operator::inject_docs::InjectArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crdgen(args) => weft_operator::crdgen::run(&args),
+        Command::Local(args) => {
+            weft_operator::logging::init().and_then(|()| weft_operator::local::run(args))
+        }
+        Command::Inject(args) => weft_operator::inject_docs::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -108,9 +108,12 @@ fn describe<T>(loaded: &Loaded<T>, mut extra: serde_json::Value) -> serde_json::
     let common = json!({
         "generation": loaded.generation,
         "digest": loaded.digest,
-        "source": loaded.source.display().to_string(),
+        "source": loaded.source,
         "loadedAt": unix_seconds(loaded.loaded_at),
     });
+    if let (Some(key), Some(extra)) = (loaded.key, extra.as_object_mut()) {
+        extra.insert("key".into(), key.into());
+    }
     if let (Some(extra), Some(common)) = (extra.as_object_mut(), common.as_object()) {
         extra.extend(common.clone());
     }

@@ -1,13 +1,20 @@
 //! The Weft sidecar proxy.
 //!
 //! Layers, lower to upper: `identity`/`tls` (certificates and rustls
-//! configs), `table` (the routing table as the hot path reads it), `reload`
-//! (files → validated config, swapped atomically), `metrics`, then the
-//! listeners `outbound`, `inbound` and `admin`, composed by `run`. `init` is
-//! the separate init-container command that installs iptables rules.
+//! configs), `table` (the routing table as the hot path reads it),
+//! `routes_doc` (routes keys → table) and `arbiter` (which source's table
+//! to use), `api_client`/`api_protocol`/`api_watch` (the routes ConfigMap
+//! through the API server), `reload` (files and API updates → validated config, swapped
+//! atomically), `metrics`, then the listeners `outbound`, `inbound` and
+//! `admin`, composed by `run`. `init` is the separate init-container command
+//! that installs iptables rules.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod api_client;
+pub mod api_protocol;
+pub mod api_watch;
+pub mod arbiter;
 pub mod authz;
 pub mod identity;
 pub mod inbound;
@@ -17,6 +24,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod relay;
 pub mod reload;
+pub mod routes_doc;
 pub mod run;
 pub mod state;
 pub mod table;

@@ -82,6 +82,17 @@ pub struct KindLabels {
     pub kind: Kind,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `file` or `api`.
+    pub source: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 /// Failures of one kind, by direction and reason.
 pub type Failures = Family<FailureLabels, Counter>;
 
@@ -103,6 +114,8 @@ pub struct Metrics {
     pub config_generation: Family<KindLabels, Gauge>,
     pub config_reload_timestamp: Family<KindLabels, Gauge>,
     pub config_reload_errors: Family<KindLabels, Counter>,
+    pub routes_source_generation: Family<SourceLabels, Gauge>,
+    pub api_watch_errors: Family<ReasonLabels, Counter>,
     pub cert_expiry: Gauge,
 }
 
@@ -125,6 +138,8 @@ impl Metrics {
             config_generation: Family::default(),
             config_reload_timestamp: Family::default(),
             config_reload_errors: Family::default(),
+            routes_source_generation: Family::default(),
+            api_watch_errors: Family::default(),
             cert_expiry: Gauge::default(),
         };
         let r = &mut m.registry;
@@ -170,11 +185,28 @@ impl Metrics {
             m.config_reload_errors.clone(),
         );
         r.register(
+            "weft_routes_source_generation",
+            "Generation of the latest valid routing table from each source (file, api)",
+            m.routes_source_generation.clone(),
+        );
+        r.register(
+            "weft_api_watch_errors",
+            "Failures of the API-server watch of the routes ConfigMap, by reason; retried",
+            m.api_watch_errors.clone(),
+        );
+        r.register(
             "weft_identity_certificate_expiry_timestamp_seconds",
             "When the workload certificate in use expires",
             m.cert_expiry.clone(),
         );
         m
+    }
+
+    /// Counts one failure of the routes watch.
+    pub fn count_api_watch_error(&self, reason: &'static str) {
+        self.api_watch_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

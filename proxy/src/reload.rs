@@ -1,12 +1,16 @@
-//! Hot reload of the mounted `routes/` and `identity/` directories.
+//! Hot reload: the mounted `routes/` and `identity/` directories, and the
+//! routes the API-server watch delivers.
 //!
 //! The kubelet updates a mounted ConfigMap or Secret by writing a new hidden
 //! directory and renaming a `..data` symlink over the old one. So we watch
 //! the directory (not the files), resolve `..data` once and read every key
 //! through it as one snapshot, debounce bursts, and poll slowly as a
-//! backstop for missed events. A snapshot is parsed and validated before it
-//! replaces the one in use; a bad one is logged with its file and reason,
-//! counted, and the last good one stays.
+//! backstop for missed events. Routes also arrive from `api_watch` on a
+//! channel. Both sources go through the same decode and validation
+//! (`routes_doc`), then `arbiter` picks the table to use (the higher
+//! generation wins), which is swapped in whole. A bad input is logged with
+//! where it came from and why, counted, and the last good one stays. All of
+//! it runs on a blocking thread, never on the threads that relay traffic.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -15,51 +19,80 @@ use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use rustls::crypto::CryptoProvider;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch as channel};
 use tokio_util::sync::CancellationToken;
-use weft_api::RoutesTable;
-use weft_api::names::{CERT_FILE, KEY_FILE, KUBELET_DATA_LINK, ROUTES_FILE, TRUST_BUNDLE_FILE};
+use weft_api::names::{
+    CERT_FILE, KEY_FILE, KUBELET_DATA_LINK, ROUTES_CONFIGMAP, ROUTES_FILE, ROUTES_FILE_GZ,
+    TRUST_BUNDLE_FILE,
+};
 
+use crate::api_protocol::ApiRoutes;
+use crate::arbiter::{Arbiter, Source};
 use crate::identity::{Expected, Identity, IdentityFiles, unix_seconds};
-use crate::metrics::{Kind, KindLabels};
-use crate::state::{Loaded, State};
+use crate::metrics::{Kind, KindLabels, SourceLabels};
+use crate::routes_doc::{self, RoutesKeys};
+use crate::state::{Loaded, State, digest};
 use crate::table::{Pod, Table};
 
 /// The files of one directory, read through one resolution of `..data`.
 pub struct Snapshot {
+    /// The directory the files were read from (the resolved `..data`).
     pub source: PathBuf,
-    pub contents: Vec<Vec<u8>>,
+    /// Each requested name's contents; `None` where there is no such file.
+    pub contents: Vec<Option<Vec<u8>>>,
+    /// `sha256:` of the files present.
     pub digest: String,
 }
 
-/// Reads `names` from `dir` as one consistent snapshot.
-pub fn read_snapshot(dir: &Path, names: &[&str]) -> io::Result<Snapshot> {
-    // The kubelet deletes the old snapshot right after the swap, so a read
-    // racing it finds a file gone; resolving `..data` again fixes that.
-    let mut attempt = 0;
-    loop {
-        let source = resolve(dir)?;
-        let read: io::Result<Vec<Vec<u8>>> = names
+impl Snapshot {
+    /// What the snapshot holds, for noticing a change: the digest, and
+    /// which names are present.
+    fn fingerprint(&self) -> String {
+        let present: String = self
+            .contents
             .iter()
-            .map(|name| {
-                std::fs::read(source.join(name)).map_err(|e| {
-                    io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display()))
-                })
-            })
+            .map(|c| if c.is_some() { '1' } else { '0' })
             .collect();
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 2 => attempt += 1,
-            Err(e) => return Err(e),
-            Ok(contents) => {
-                let digest = digest(&contents);
-                return Ok(Snapshot {
-                    source,
-                    contents,
-                    digest,
-                });
-            }
-        }
+        format!("{} {present}", self.digest)
     }
+}
+
+/// Reads `names` from `dir` as one consistent snapshot; names may be absent.
+pub fn read_snapshot(dir: &Path, names: &[&str]) -> io::Result<Snapshot> {
+    for _ in 0..3 {
+        let source = resolve(dir)?;
+        let read = read_files(dir, &source, names);
+        // The kubelet deletes the old snapshot right after the swap: if
+        // `..data` moved while we read, read again through the new one.
+        if resolve(dir)? != source {
+            continue;
+        }
+        let contents = read?;
+        let digest = digest(contents.iter().flatten().map(Vec::as_slice));
+        return Ok(Snapshot {
+            source,
+            contents,
+            digest,
+        });
+    }
+    Err(io::Error::other(format!(
+        "{}: changed on every attempt to read it",
+        dir.display()
+    )))
+}
+
+fn read_files(dir: &Path, source: &Path, names: &[&str]) -> io::Result<Vec<Option<Vec<u8>>>> {
+    names
+        .iter()
+        .map(|name| match std::fs::read(source.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", dir.join(name).display()),
+            )),
+        })
+        .collect()
 }
 
 /// The directory the files really live in: `dir/..data` resolved, or `dir`
@@ -74,25 +107,47 @@ fn resolve(dir: &Path) -> io::Result<PathBuf> {
     }
 }
 
-/// `sha256:<hex>` over the files, each prefixed with its length so that
-/// moving bytes between files changes the digest.
-fn digest(contents: &[Vec<u8>]) -> String {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for c in contents {
-        ctx.update(&(c.len() as u64).to_be_bytes());
-        ctx.update(c);
-    }
-    let hex: String = ctx
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+/// Where a routing table was read, for `/config` and for messages.
+enum Origin<'a> {
+    File { dir: &'a Path, snapshot: &'a Path },
+    Api(&'a ApiRoutes),
 }
 
-/// Loads both configurations into `state`, remembering what it last saw so
-/// that an unchanged snapshot (or the same bad one) is not reprocessed.
+impl Origin<'_> {
+    fn source(&self) -> Source {
+        match self {
+            Origin::File { .. } => Source::File,
+            Origin::Api(_) => Source::Api,
+        }
+    }
+
+    /// `/config`'s `source`: the snapshot directory, or the ConfigMap version.
+    fn label(&self) -> String {
+        match self {
+            Origin::File { snapshot, .. } => snapshot.display().to_string(),
+            Origin::Api(r) => format!(
+                "api:configmap/{}/{ROUTES_CONFIGMAP}@{}",
+                r.namespace, r.resource_version
+            ),
+        }
+    }
+
+    /// Names the file or ConfigMap key at fault.
+    fn place(&self, key: Option<&str>) -> String {
+        match (self, key) {
+            (Origin::File { dir, .. }, Some(key)) => dir.join(key).display().to_string(),
+            (Origin::File { dir, .. }, None) => dir.display().to_string(),
+            (Origin::Api(r), Some(key)) => {
+                format!("configmap {}/{ROUTES_CONFIGMAP} key {key}", r.namespace)
+            }
+            (Origin::Api(r), None) => format!("configmap {}/{ROUTES_CONFIGMAP}", r.namespace),
+        }
+    }
+}
+
+/// Loads both configurations into `state`, remembering what it last saw
+/// from each source, so that an unchanged input (or the same bad one) is
+/// not reprocessed.
 pub struct Loader {
     state: Arc<State>,
     pub routes_dir: PathBuf,
@@ -100,7 +155,9 @@ pub struct Loader {
     pod: Pod,
     expected: Expected,
     provider: Arc<CryptoProvider>,
-    last_routes: Option<String>,
+    routes: Arbiter<Arc<Table>>,
+    last_file_routes: Option<String>,
+    last_api_routes: Option<String>,
     last_identity: Option<String>,
     identity_loads: u64,
 }
@@ -121,108 +178,202 @@ impl Loader {
             pod,
             expected,
             provider,
-            last_routes: None,
+            routes: Arbiter::default(),
+            last_file_routes: None,
+            last_api_routes: None,
             last_identity: None,
             identity_loads: 0,
         }
     }
 
+    /// Re-reads both mounted directories.
     pub fn reload_all(&mut self) {
         self.reload_routes();
         self.reload_identity();
     }
 
+    /// Re-reads the mounted routes.
     pub fn reload_routes(&mut self) {
-        let outcome = read_snapshot(&self.routes_dir, &[ROUTES_FILE]);
-        if !changed(&mut self.last_routes, &outcome) {
+        let outcome = read_snapshot(&self.routes_dir, &[ROUTES_FILE, ROUTES_FILE_GZ]);
+        let fingerprint = match &outcome {
+            Ok(snap) => snap.fingerprint(),
+            Err(e) => format!("error: {e}"),
+        };
+        if !first_sight(&mut self.last_file_routes, fingerprint) {
             return;
         }
-        let result = outcome.map_err(|e| e.to_string()).and_then(|snap| {
-            let table = self.parse_routes(&snap.contents[0])?;
-            Ok((snap, table))
-        });
-        match result {
-            Ok((snap, table)) => {
-                let generation = table.generation;
-                self.publish_routes(snap, table, generation);
+        let snap = match outcome {
+            Ok(snap) => snap,
+            Err(e) => {
+                let place = self.routes_dir.display().to_string();
+                return self.refuse(Kind::Routes, &place, &e.to_string());
             }
-            Err(reason) => self.refuse(Kind::Routes, &self.routes_dir.join(ROUTES_FILE), &reason),
+        };
+        let mut contents = snap.contents.into_iter();
+        let keys = RoutesKeys {
+            plain: contents.next().flatten(),
+            gzip: contents.next().flatten(),
+        };
+        let dir = self.routes_dir.clone();
+        let origin = Origin::File {
+            dir: &dir,
+            snapshot: &snap.source,
+        };
+        self.load_routes(&origin, &keys);
+    }
+
+    /// Takes a version of the routes ConfigMap from the API watch.
+    pub fn apply_api(&mut self, update: &ApiRoutes) {
+        let origin = Origin::Api(update);
+        let keys = update.keys();
+        let fingerprint = match &keys {
+            Ok(keys) => format!(
+                "{} {} {}",
+                keys.digest(),
+                keys.plain.is_some(),
+                keys.gzip.is_some()
+            ),
+            Err(refusal) => format!("error: {refusal:?}"),
+        };
+        if !first_sight(&mut self.last_api_routes, fingerprint) {
+            return;
+        }
+        match keys {
+            Ok(keys) => self.load_routes(&origin, &keys),
+            Err(refusal) => {
+                self.refuse(Kind::Routes, &origin.place(refusal.key), &refusal.reason);
+            }
         }
     }
 
-    fn parse_routes(&self, bytes: &[u8]) -> Result<Table, String> {
-        let routes = RoutesTable::from_json(bytes).map_err(|e| e.to_string())?;
-        if let Some(ns) = &self.pod.namespace
-            && &routes.namespace != ns
-        {
-            return Err(format!(
-                "table is for namespace {:?}, this pod is in {ns:?}",
-                routes.namespace
-            ));
+    fn load_routes(&mut self, origin: &Origin<'_>, keys: &RoutesKeys) {
+        if keys.both() {
+            tracing::warn!(
+                place = %origin.place(None),
+                "both {ROUTES_FILE} and {ROUTES_FILE_GZ} are present; using the higher generation"
+            );
         }
-        Ok(Table::new(&routes, &self.pod))
+        let digest = keys.digest();
+        let twin = self.routes.latest().find(|t| t.digest == digest).cloned();
+        if let Some(twin) = twin {
+            // The same bytes by the other path (the kubelet catching up with
+            // the API): share the table instead of parsing and holding it twice.
+            let (value, generation, key) = (twin.value.clone(), twin.generation, twin.key);
+            let loaded = Loaded {
+                value,
+                source: origin.label(),
+                key,
+                digest,
+                generation,
+                loaded_at: SystemTime::now(),
+            };
+            return self.offer(origin.source(), loaded);
+        }
+        match routes_doc::parse(keys, &self.pod) {
+            Ok(parsed) => self.offer(
+                origin.source(),
+                Loaded {
+                    value: Arc::new(parsed.table),
+                    source: origin.label(),
+                    key: Some(parsed.key),
+                    digest,
+                    generation: parsed.generation,
+                    loaded_at: SystemTime::now(),
+                },
+            ),
+            Err(refusal) => {
+                self.refuse(Kind::Routes, &origin.place(refusal.key), &refusal.reason);
+            }
+        }
     }
 
-    fn publish_routes(&self, snap: Snapshot, table: Table, generation: u64) {
-        let previous = self.state.routes.load().as_ref().map(|l| l.generation);
+    /// Records a valid table from `source` and swaps in the table to use.
+    fn offer(&mut self, source: Source, loaded: Loaded<Arc<Table>>) {
+        let generation = loaded.generation;
+        self.state
+            .metrics
+            .routes_source_generation
+            .get_or_create(&SourceLabels {
+                source: source.as_str(),
+            })
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let Some(chosen) = self.routes.offer(source, Arc::new(loaded)) else {
+            return;
+        };
+        let previous = self.state.routes.load_full();
+        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &chosen)) {
+            tracing::info!(
+                from = source.as_str(),
+                generation,
+                in_use = chosen.generation,
+                in_use_source = %chosen.source,
+                "routes received; the table in use stays (higher generation, or the same table)"
+            );
+            return;
+        }
         tracing::info!(
-            generation,
-            ?previous,
-            digest = %snap.digest,
-            source = %snap.source.display(),
+            generation = chosen.generation,
+            previous = ?previous.map(|p| p.generation),
+            digest = %chosen.digest,
+            source = %chosen.source,
+            key = chosen.key,
             "routes loaded"
         );
-        self.record(Kind::Routes, generation);
-        self.state.routes.store(Some(Arc::new(Loaded {
-            value: table,
-            source: snap.source,
-            digest: snap.digest,
-            generation,
-            loaded_at: SystemTime::now(),
-        })));
+        self.record(Kind::Routes, chosen.generation);
+        self.state.routes.store(Some(chosen));
     }
 
+    /// Re-reads the mounted identity.
     pub fn reload_identity(&mut self) {
-        let outcome = read_snapshot(
-            &self.identity_dir,
-            &[CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE],
-        );
-        if !changed(&mut self.last_identity, &outcome) {
+        let names = [CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE];
+        let outcome = read_snapshot(&self.identity_dir, &names);
+        let fingerprint = match &outcome {
+            Ok(snap) => snap.fingerprint(),
+            Err(e) => format!("error: {e}"),
+        };
+        if !first_sight(&mut self.last_identity, fingerprint) {
             return;
         }
         let result = outcome.map_err(|e| e.to_string()).and_then(|snap| {
+            let [cert, key, trust_bundle] = required(&self.identity_dir, &names, &snap)?;
             let files = IdentityFiles {
-                cert: &snap.contents[0],
-                key: &snap.contents[1],
-                trust_bundle: &snap.contents[2],
+                cert,
+                key,
+                trust_bundle,
             };
             let identity =
                 Identity::load(&files, &self.expected, &self.provider, SystemTime::now())
                     .map_err(|e| e.to_string())?;
-            Ok((snap, identity))
+            Ok((identity, snap.source, snap.digest))
         });
         match result {
-            Ok((snap, identity)) => {
-                self.identity_loads += 1;
-                tracing::info!(
-                    identity = %identity.id,
-                    not_after = identity.not_after,
-                    digest = %snap.digest,
-                    source = %snap.source.display(),
-                    "identity loaded"
-                );
-                self.record(Kind::Identity, self.identity_loads);
-                self.state.metrics.cert_expiry.set(identity.not_after);
-                self.state.identity.store(Some(Arc::new(Loaded {
-                    value: identity,
-                    source: snap.source,
-                    digest: snap.digest,
-                    generation: self.identity_loads,
-                    loaded_at: SystemTime::now(),
-                })));
+            Ok((identity, source, digest)) => self.publish_identity(identity, &source, digest),
+            Err(reason) => {
+                let place = self.identity_dir.display().to_string();
+                self.refuse(Kind::Identity, &place, &reason);
             }
-            Err(reason) => self.refuse(Kind::Identity, &self.identity_dir, &reason),
         }
+    }
+
+    fn publish_identity(&mut self, identity: Identity, source: &Path, digest: String) {
+        self.identity_loads += 1;
+        tracing::info!(
+            identity = %identity.id,
+            not_after = identity.not_after,
+            digest = %digest,
+            source = %source.display(),
+            "identity loaded"
+        );
+        self.record(Kind::Identity, self.identity_loads);
+        self.state.metrics.cert_expiry.set(identity.not_after);
+        self.state.identity.store(Some(Arc::new(Loaded {
+            value: identity,
+            source: source.display().to_string(),
+            key: None,
+            digest,
+            generation: self.identity_loads,
+            loaded_at: SystemTime::now(),
+        })));
     }
 
     fn record(&self, kind: Kind, generation: u64) {
@@ -236,10 +387,10 @@ impl Loader {
             .set(unix_seconds(SystemTime::now()));
     }
 
-    fn refuse(&self, kind: Kind, path: &Path, reason: &str) {
+    fn refuse(&self, kind: Kind, place: &str, reason: &str) {
         tracing::error!(
             ?kind,
-            path = %path.display(),
+            path = %place,
             %reason,
             "configuration refused; keeping the last good one"
         );
@@ -251,16 +402,28 @@ impl Loader {
     }
 }
 
-/// Whether `outcome` differs from the last one seen, remembering it.
-fn changed(last: &mut Option<String>, outcome: &io::Result<Snapshot>) -> bool {
-    let key = match outcome {
-        Ok(snap) => snap.digest.clone(),
-        Err(e) => format!("error: {e}"),
-    };
-    if last.as_ref() == Some(&key) {
+/// The three files of `names`, each of which must be present.
+fn required<'a>(
+    dir: &Path,
+    names: &[&str; 3],
+    snap: &'a Snapshot,
+) -> Result<[&'a [u8]; 3], String> {
+    let mut out: [&[u8]; 3] = [&[]; 3];
+    for (i, name) in names.iter().enumerate() {
+        match snap.contents.get(i).and_then(Option::as_deref) {
+            Some(bytes) => out[i] = bytes,
+            None => return Err(format!("{}: no such file", dir.join(name).display())),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `fingerprint` differs from the last one seen, remembering it.
+fn first_sight(last: &mut Option<String>, fingerprint: String) -> bool {
+    if last.as_ref() == Some(&fingerprint) {
         return false;
     }
-    *last = Some(key);
+    *last = Some(fingerprint);
     true
 }
 
@@ -273,44 +436,46 @@ pub struct Pacing {
     pub poll: Duration,
 }
 
-/// Watches both directories and reloads on change until `shutdown`.
-pub async fn watch(mut loader: Loader, pacing: Pacing, shutdown: CancellationToken) {
+/// Versions of the routes ConfigMap from the API watch, latest first.
+pub type ApiUpdates = channel::Receiver<Option<Arc<ApiRoutes>>>;
+
+/// What woke the reload task.
+enum Work {
+    Files,
+    Api(Arc<ApiRoutes>),
+}
+
+/// Watches both directories (and `api`, when the API watch runs) and
+/// reloads on change until `shutdown`.
+pub async fn watch(
+    mut loader: Loader,
+    pacing: Pacing,
+    mut api: Option<ApiUpdates>,
+    shutdown: CancellationToken,
+) {
     let wake = Arc::new(Notify::new());
-    let notify = wake.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            notify.notify_one();
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch for changes; polling only");
-            None
-        }
-    };
+    let mut watcher = dir_watcher(wake.clone());
     let mut watched = false;
     loop {
         if !watched && let Some(w) = watcher.as_mut() {
-            watched = [&loader.routes_dir, &loader.identity_dir]
-                .iter()
-                .all(|dir| match w.watch(dir, RecursiveMode::NonRecursive) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; polling");
-                        false
-                    }
-                });
+            watched = watch_dirs(w, &[&loader.routes_dir, &loader.identity_dir]);
         }
-        tokio::select! {
-            () = wake.notified() => tokio::time::sleep(pacing.debounce).await,
-            () = tokio::time::sleep(pacing.poll) => {}
+        let work = tokio::select! {
+            () = wake.notified() => {
+                tokio::time::sleep(pacing.debounce).await;
+                Work::Files
+            }
+            () = tokio::time::sleep(pacing.poll) => Work::Files,
+            Some(update) = next_update(&mut api) => Work::Api(update),
             () = shutdown.cancelled() => return,
-        }
+        };
         // Reading and parsing a large table takes milliseconds: keep it off
         // the threads that relay traffic.
         loader = match tokio::task::spawn_blocking(move || {
-            loader.reload_all();
+            match work {
+                Work::Files => loader.reload_all(),
+                Work::Api(update) => loader.apply_api(&update),
+            }
             loader
         })
         .await
@@ -321,5 +486,91 @@ pub async fn watch(mut loader: Loader, pacing: Pacing, shutdown: CancellationTok
                 return;
             }
         };
+    }
+}
+
+/// The next version from the API watch; pending forever without one.
+async fn next_update(api: &mut Option<ApiUpdates>) -> Option<Arc<ApiRoutes>> {
+    let Some(rx) = api.as_mut() else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        tracing::warn!("the API watch ended; the mounted files are still watched");
+        *api = None;
+        return None;
+    }
+    rx.borrow_and_update().clone()
+}
+
+fn dir_watcher(wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            wake.notify_one();
+        }
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for changes; polling only");
+            None
+        }
+    }
+}
+
+/// Watches every directory; `false` if one cannot be watched (yet).
+fn watch_dirs(watcher: &mut notify::RecommendedWatcher, dirs: &[&Path]) -> bool {
+    dirs.iter().all(
+        |dir| match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch; polling");
+                false
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    #[test]
+    fn absent_names_read_as_none_through_data() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir(dir.join("..1")).unwrap();
+        std::fs::write(dir.join("..1/routes.json.gz"), b"gz").unwrap();
+        symlink("..1", dir.join("..data")).unwrap();
+        let snap = read_snapshot(dir, &[ROUTES_FILE, ROUTES_FILE_GZ]).unwrap();
+        assert_eq!(snap.source, dir.join("..1"));
+        assert_eq!(snap.contents, [None, Some(b"gz".to_vec())]);
+        assert_eq!(snap.digest, digest([&b"gz"[..]]));
+    }
+
+    #[test]
+    fn the_fingerprint_tells_which_key_holds_the_bytes() {
+        let snap = |contents: Vec<Option<Vec<u8>>>| Snapshot {
+            source: PathBuf::new(),
+            digest: digest(contents.iter().flatten().map(Vec::as_slice)),
+            contents,
+        };
+        let a = snap(vec![Some(b"x".to_vec()), None]);
+        let b = snap(vec![None, Some(b"x".to_vec())]);
+        assert_eq!(a.digest, b.digest);
+        assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn a_plain_directory_is_read_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("tls.crt"), b"c").unwrap();
+        let snap = read_snapshot(tmp.path(), &["tls.crt", "tls.key"]).unwrap();
+        assert_eq!(snap.source, tmp.path());
+        let err = required(tmp.path(), &["tls.crt", "tls.key", "ca.crt"], &snap).unwrap_err();
+        assert!(err.ends_with("tls.key: no such file"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! and the lifecycle (load config, serve, drain on SIGTERM, exit).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use weft_api::duration::parse_duration;
 use weft_api::names::{self, env};
 
 use crate::admin::{self, Admin};
+use crate::api_client::{ApiServer, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
+use crate::api_watch;
 use crate::identity::Expected;
 use crate::inbound::Inbound;
 use crate::orig_dst::{OriginalDst, SoOriginalDst};
@@ -28,6 +30,15 @@ use crate::table::Pod;
 pub enum LogFormat {
     Plain,
     Json,
+}
+
+/// Whether routes are also watched through the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ApiWatchMode {
+    /// On when running in a pod: an API server is known and the token file exists.
+    Auto,
+    /// The mounted file only.
+    Off,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,6 +88,74 @@ pub struct RunArgs {
     /// Worker threads.
     #[arg(long, env = "WEFT_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// Also watch the routes ConfigMap through the API server (the fast
+    /// path; the kubelet updates the mounted file a minute or two late).
+    #[arg(long, env = "WEFT_API_WATCH", value_enum, default_value = "auto")]
+    pub api_watch: ApiWatchMode,
+    /// The API server; default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[arg(long, env = "WEFT_API_SERVER")]
+    pub api_server: Option<String>,
+    /// The service-account token, read again for every connection.
+    #[arg(long, env = "WEFT_API_TOKEN_FILE", default_value = IN_CLUSTER_TOKEN_FILE)]
+    pub api_token_file: PathBuf,
+    /// The CA certificates of the API server, read again for every connection.
+    #[arg(long, env = "WEFT_API_CA_FILE", default_value = IN_CLUSTER_CA_FILE)]
+    pub api_ca_file: PathBuf,
+    /// First delay before retrying a failed API watch; it doubles up to
+    /// `--api-backoff-max`.
+    #[arg(long, env = "WEFT_API_BACKOFF_MIN", value_parser = parse_duration, default_value = "1s")]
+    pub api_backoff_min: Duration,
+    #[arg(long, env = "WEFT_API_BACKOFF_MAX", value_parser = parse_duration, default_value = "60s")]
+    pub api_backoff_max: Duration,
+}
+
+/// Whether the API watch runs, and why not.
+#[derive(Debug)]
+pub enum ApiWatchPlan {
+    On(api_watch::Settings),
+    Off(&'static str),
+}
+
+/// Decides from the flags and `env` (the process environment, or a map in
+/// tests) whether to watch routes through the API server. Only an API
+/// server URL that cannot be used is an error.
+pub fn api_watch_plan(
+    args: &RunArgs,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<ApiWatchPlan, String> {
+    if args.api_watch == ApiWatchMode::Off {
+        return Ok(ApiWatchPlan::Off("--api-watch off"));
+    }
+    let Some(url) = args.api_server.clone().or_else(|| in_cluster_url(&env)) else {
+        return Ok(ApiWatchPlan::Off(
+            "no API server (--api-server, KUBERNETES_SERVICE_HOST)",
+        ));
+    };
+    if !Path::new(&args.api_token_file).exists() {
+        return Ok(ApiWatchPlan::Off("no service-account token file"));
+    }
+    let Some(namespace) = args.pod_namespace.clone() else {
+        return Ok(ApiWatchPlan::Off("WEFT_POD_NAMESPACE is not set"));
+    };
+    let server = ApiServer::new(&url, args.api_token_file.clone(), args.api_ca_file.clone())?;
+    Ok(ApiWatchPlan::On(api_watch::Settings {
+        server,
+        namespace,
+        backoff_min: args.api_backoff_min,
+        backoff_max: args.api_backoff_max,
+    }))
+}
+
+/// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, as client-go
+/// builds it in a pod.
+fn in_cluster_url(env: &impl Fn(&str) -> Option<String>) -> Option<String> {
+    let host = env("KUBERNETES_SERVICE_HOST").filter(|h| !h.is_empty())?;
+    let port = env("KUBERNETES_SERVICE_PORT").unwrap_or_else(|| "443".into());
+    if host.contains(':') {
+        Some(format!("https://[{host}]:{port}"))
+    } else {
+        Some(format!("https://{host}:{port}"))
+    }
 }
 
 /// The listeners, bound by the caller so tests can use port 0.
@@ -152,6 +231,9 @@ pub async fn serve(
     orig_dst: Arc<dyn OriginalDst>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let api_plan = api_watch_plan(&args, |name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)
+        .context("the API watch settings")?;
     let state = State::new();
     let provider = crate::tls::provider();
     let mut loader = Loader::new(
@@ -166,7 +248,7 @@ pub async fn serve(
             namespace: args.pod_namespace.clone(),
             service_account: args.service_account.clone(),
         },
-        provider,
+        provider.clone(),
     );
     loader.reload_all();
 
@@ -175,7 +257,24 @@ pub async fn serve(
         debounce: args.reload_debounce,
         poll: args.reload_poll,
     };
-    tokio::spawn(reload::watch(loader, pacing, stop.clone()));
+    let api_updates = match api_plan {
+        ApiWatchPlan::On(settings) => {
+            let (updates, receiver) = tokio::sync::watch::channel(None);
+            tokio::spawn(api_watch::run(
+                settings,
+                provider,
+                state.clone(),
+                updates,
+                stop.clone(),
+            ));
+            Some(receiver)
+        }
+        ApiWatchPlan::Off(why) => {
+            tracing::info!("routes come from the mounted file only: {why}");
+            None
+        }
+    };
+    tokio::spawn(reload::watch(loader, pacing, api_updates, stop.clone()));
     let admin = Arc::new(Admin {
         state: state.clone(),
         shutdown: shutdown.clone(),
@@ -230,4 +329,91 @@ pub async fn serve(
     }
     stop.cancel();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let argv = ["weft-proxy", "--pod-namespace", "web"].iter().chain(extra);
+        Cli::try_parse_from(argv).unwrap().run
+    }
+
+    fn plan(args: &RunArgs, env: &[(&str, &str)]) -> Result<ApiWatchPlan, String> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        api_watch_plan(args, |name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn in_cluster_urls_follow_the_service_env() {
+        let env = |pairs: &[(&str, &str)]| {
+            let map: HashMap<&str, String> =
+                pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+            in_cluster_url(&|name: &str| map.get(name).cloned())
+        };
+        assert_eq!(
+            env(&[
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443")
+            ]),
+            Some("https://10.96.0.1:443".into())
+        );
+        assert_eq!(
+            env(&[("KUBERNETES_SERVICE_HOST", "fd00::1")]),
+            Some("https://[fd00::1]:443".into())
+        );
+        assert_eq!(env(&[]), None);
+    }
+
+    #[test]
+    fn auto_watches_only_in_a_pod() {
+        let tmp = tempfile::tempdir().unwrap();
+        let token = tmp.path().join("token");
+        let token_flag = ["--api-token-file", token.to_str().unwrap()];
+        let in_pod = [("KUBERNETES_SERVICE_HOST", "10.96.0.1")];
+
+        let off = |p: Result<ApiWatchPlan, String>| match p.unwrap() {
+            ApiWatchPlan::Off(why) => why,
+            ApiWatchPlan::On(s) => panic!("on: {s:?}"),
+        };
+        assert!(off(plan(&args(&token_flag), &in_pod)).contains("token"));
+        std::fs::write(&token, "t").unwrap();
+        assert!(off(plan(&args(&token_flag), &[])).contains("no API server"));
+        let mut off_flag = token_flag.to_vec();
+        off_flag.extend(["--api-watch", "off"]);
+        assert!(off(plan(&args(&off_flag), &in_pod)).contains("off"));
+
+        let ApiWatchPlan::On(s) = plan(&args(&token_flag), &in_pod).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.server.url(), "https://10.96.0.1:443");
+        assert_eq!(
+            (s.namespace.as_str(), s.backoff_min),
+            ("web", Duration::from_secs(1))
+        );
+
+        let mut explicit = token_flag.to_vec();
+        explicit.extend(["--api-server", "http://plain"]);
+        assert!(
+            plan(&args(&explicit), &in_pod)
+                .unwrap_err()
+                .contains("only https")
+        );
+    }
 }

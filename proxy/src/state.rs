@@ -1,7 +1,6 @@
 //! What the proxy currently runs on: the routing table and identity in use
 //! (each swapped whole, read without locks), and the metrics.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -15,9 +14,12 @@ use crate::table::Table;
 /// A configuration in use, with where it came from.
 pub struct Loaded<T> {
     pub value: T,
-    /// The directory the files were read from (the resolved `..data` snapshot).
-    pub source: PathBuf,
-    /// `sha256:<hex>` of the files' contents.
+    /// Where it was read: the directory of the files (the resolved `..data`
+    /// snapshot), or `api:configmap/<namespace>/<name>@<resourceVersion>`.
+    pub source: String,
+    /// The key it was read from, when the source has several (routes).
+    pub key: Option<&'static str>,
+    /// `sha256:<hex>` of the files' contents (see [`digest`]).
     pub digest: String,
     pub generation: u64,
     pub loaded_at: SystemTime,
@@ -25,7 +27,9 @@ pub struct Loaded<T> {
 
 #[derive(Default)]
 pub struct State {
-    pub routes: ArcSwapOption<Loaded<Table>>,
+    /// The table is shared with the other source when both delivered the
+    /// same bytes (see `reload`).
+    pub routes: ArcSwapOption<Loaded<Arc<Table>>>,
     pub identity: ArcSwapOption<Loaded<Identity>>,
     pub metrics: Metrics,
     draining: AtomicBool,
@@ -46,4 +50,21 @@ impl State {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+}
+
+/// `sha256:<hex>` over `parts`, each prefixed with its length so that
+/// moving bytes from one part to the next changes the digest.
+pub fn digest<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let hex: String = ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
 }

@@ -2,6 +2,8 @@
 //! directories, whole proxies on loopback, and small apps and clients.
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod api;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use weft_api::{RoutesTable, SpiffeId};
 pub use weft_e2e::mount::{kubelet_write, write_identity, write_routes};
 pub use weft_e2e::pki::{Ca, Leaf, TRUST_DOMAIN, spiffe};
 use weft_proxy::orig_dst::FixedDst;
-use weft_proxy::run::{Listeners, LogFormat, RunArgs, serve};
+use weft_proxy::run::{ApiWatchMode, Listeners, LogFormat, RunArgs, serve};
 
 /// An empty table for `namespace` with the given inbound default.
 pub fn table(namespace: &str, generation: u64, inbound: InboundPolicy) -> RoutesTable {
@@ -85,6 +87,16 @@ pub struct ProxyConfig {
     pub dst: SocketAddr,
     pub dir: PathBuf,
     pub grace: Duration,
+    /// Watch routes through this (mock) API server too.
+    pub api: Option<ApiFlags>,
+}
+
+/// How a proxy reaches an API server: `--api-server`, token and CA files.
+#[derive(Clone)]
+pub struct ApiFlags {
+    pub url: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 impl ProxyConfig {
@@ -95,7 +107,13 @@ impl ProxyConfig {
             dst,
             dir: dir.to_path_buf(),
             grace: Duration::from_secs(30),
+            api: None,
         }
+    }
+
+    pub fn with_api(mut self, api: ApiFlags) -> Self {
+        self.api = Some(api);
+        self
     }
 }
 
@@ -104,6 +122,7 @@ impl Proxy {
     /// should already hold files so that it starts ready.
     pub async fn start(cfg: ProxyConfig) -> Self {
         let any = "127.0.0.1:0".parse().unwrap();
+        let api = cfg.api.clone();
         let args = RunArgs {
             routes_dir: cfg.dir.join("routes"),
             identity_dir: cfg.dir.join("identity"),
@@ -122,6 +141,20 @@ impl Proxy {
             reload_debounce: Duration::from_millis(10),
             reload_poll: Duration::from_millis(250),
             threads: 1,
+            api_watch: if api.is_some() {
+                ApiWatchMode::Auto
+            } else {
+                ApiWatchMode::Off
+            },
+            api_server: api.as_ref().map(|a| a.url.clone()),
+            api_token_file: api
+                .as_ref()
+                .map_or_else(|| "/nonexistent".into(), |a| a.token_file.clone()),
+            api_ca_file: api
+                .as_ref()
+                .map_or_else(|| "/nonexistent".into(), |a| a.ca_file.clone()),
+            api_backoff_min: Duration::from_millis(20),
+            api_backoff_max: Duration::from_millis(200),
         };
         let listeners = Listeners::bind(&args).await.unwrap();
         let (outbound, inbound, admin) = (

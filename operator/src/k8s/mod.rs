@@ -1,0 +1,254 @@
+//! `weft-operator run`: the control plane in a cluster.
+//!
+//! The same desired state as the local runtime (`desired::desired` over a
+//! `Cluster`), fed from watches and written with server-side apply. Split by
+//! concern, pure logic apart from I/O:
+//!
+//! - `objects`: the ConfigMap, Secrets, Role and RoleBinding to write (pure);
+//! - `plan`: desired state vs. the objects written → API actions (pure);
+//! - `status`: MeshPolicy `Accepted` condition (pure);
+//! - `lease`: leader election (pure decision + Lease I/O);
+//! - `anchor`: the trust anchor Secret;
+//! - `writer`: one pass, executing a plan with a `kube::Client`;
+//! - `watch`: reflectors, their stores, the debounce;
+//! - `control`: the loop that ties watches, leadership and passes together;
+//! - `admin`, `metrics`: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod admin;
+pub mod anchor;
+pub mod control;
+pub mod lease;
+pub mod metrics;
+pub mod objects;
+pub mod plan;
+pub mod status;
+pub mod watch;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use weft_api::duration::parse_duration;
+use weft_api::names::env;
+use weft_api::routes::MtlsMode;
+
+use crate::local::parse_mtls;
+use crate::scope::{MeshConfig, MeshedPods};
+
+use self::lease::LeaseConfig;
+use self::objects::Limits;
+use self::plan::Settings;
+use self::watch::Pacing;
+
+/// The operator namespace when neither the flag nor the environment says.
+pub const DEFAULT_NAMESPACE: &str = "weft-system";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Flags of `weft-operator run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The operator's namespace: holds the trust anchor and the Lease, never
+    /// meshed. Else `POD_NAMESPACE`, else `weft-system`.
+    #[arg(long, env = "WEFT_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// The trust domain of workload SPIFFE IDs.
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates.
+    #[arg(long, env = "WEFT_CERT_LIFETIME", value_parser = parse_duration, default_value = "24h")]
+    pub cert_lifetime: Duration,
+    /// Re-issue a certificate once this fraction of its lifetime has passed (0 < f ≤ 1).
+    #[arg(long, env = "WEFT_RENEW_AT", default_value_t = 0.5)]
+    pub renew_at: f64,
+    /// mTLS mode where no MeshPolicy sets one: `permissive` or `strict`.
+    #[arg(long, env = "WEFT_DEFAULT_MTLS", value_parser = parse_mtls, default_value = "permissive")]
+    pub default_mtls: MtlsMode,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    #[arg(long, env = "WEFT_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
+    pub admin_addr: SocketAddr,
+    /// Name of the Lease in the operator namespace.
+    #[arg(long, default_value = "weft-operator")]
+    pub leader_election_id: String,
+    /// This replica's name in the Lease and in Events. Else `HOSTNAME`.
+    #[arg(long, env = env::POD_NAME)]
+    pub pod_name: Option<String>,
+    /// A pass starts once the watches have been quiet this long...
+    #[arg(long, env = "WEFT_DEBOUNCE", value_parser = parse_duration, default_value = "200ms")]
+    pub debounce: Duration,
+    /// ...or this long after the first change, whichever comes first.
+    #[arg(long, env = "WEFT_DEBOUNCE_MAX", value_parser = parse_duration, default_value = "2s")]
+    pub debounce_max: Duration,
+    /// A pass runs at least this often (certificate renewal, retries).
+    #[arg(long, env = "WEFT_RESYNC", value_parser = parse_duration, default_value = "1m")]
+    pub resync: Duration,
+    /// How long a leader stays leader without renewing its Lease.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    pub lease_duration: Duration,
+    /// How often the leader renews the Lease (and followers check it).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub lease_renew: Duration,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = env::LOG, default_value = "info")]
+    pub log: String,
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "plain")]
+    pub log_format: LogFormat,
+}
+
+/// Settings resolved from flags and environment, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub pacing: Pacing,
+    pub lease: LeaseConfig,
+    pub admin_addr: SocketAddr,
+}
+
+/// Why the flags cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--renew-at: {0} is not within 0 (exclusive) and 1")]
+    RenewAt(f64),
+    #[error("--cert-lifetime: must be at least 1s")]
+    CertLifetime,
+    #[error("--lease-renew ({renew:?}) must be shorter than --lease-duration ({duration:?})")]
+    LeaseRenew { renew: Duration, duration: Duration },
+    #[error("--debounce ({quiet:?}) must not be longer than --debounce-max ({max:?})")]
+    Debounce { quiet: Duration, max: Duration },
+    #[error("no replica name: set --pod-name or {} (or HOSTNAME)", env::POD_NAME)]
+    PodName,
+}
+
+impl RunArgs {
+    /// Resolves and checks the flags; `env` reads the environment (a map in tests).
+    pub fn config(&self, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        self.check()?;
+        let nonempty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        let namespace = nonempty(self.namespace.clone())
+            .or_else(|| nonempty(env("POD_NAMESPACE")))
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let identity = nonempty(self.pod_name.clone())
+            .or_else(|| nonempty(env("HOSTNAME")))
+            .ok_or(ConfigError::PodName)?;
+        Ok(Config {
+            settings: Settings {
+                mesh: MeshConfig {
+                    trust_domain: self.trust_domain.clone(),
+                    operator_namespace: namespace.clone(),
+                    default_mtls: self.default_mtls,
+                    meshed_pods: MeshedPods::Injected,
+                },
+                cert_lifetime: self.cert_lifetime,
+                renew_at: self.renew_at,
+                limits: Limits::default(),
+            },
+            pacing: Pacing {
+                quiet: self.debounce,
+                max: self.debounce_max,
+                resync: self.resync,
+            },
+            lease: LeaseConfig {
+                name: self.leader_election_id.clone(),
+                namespace,
+                identity,
+                duration: self.lease_duration,
+                renew_every: self.lease_renew,
+            },
+            admin_addr: self.admin_addr,
+        })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.renew_at > 0.0 && self.renew_at <= 1.0) {
+            return Err(ConfigError::RenewAt(self.renew_at));
+        }
+        if self.cert_lifetime < Duration::from_secs(1) {
+            return Err(ConfigError::CertLifetime);
+        }
+        if self.lease_renew >= self.lease_duration {
+            return Err(ConfigError::LeaseRenew {
+                renew: self.lease_renew,
+                duration: self.lease_duration,
+            });
+        }
+        if self.debounce > self.debounce_max {
+            return Err(ConfigError::Debounce {
+                quiet: self.debounce,
+                max: self.debounce_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The process entry point of `weft-operator run`: logging, the async
+/// runtime, SIGTERM; returns once shut down.
+pub fn run(args: RunArgs) -> Result<()> {
+    init_logging(&args)?;
+    let config = args.config(|k| std::env::var(k).ok())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        run_async(config, shutdown).await
+    })
+}
+
+/// Connects (in-cluster config or `KUBECONFIG`), binds the admin port and
+/// runs until `shutdown`.
+pub async fn run_async(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", config.admin_addr))?;
+    tracing::info!(
+        namespace = %config.lease.namespace,
+        identity = %config.lease.identity,
+        admin = %config.admin_addr,
+        "weft-operator starting"
+    );
+    control::serve(client, config, listener, shutdown).await
+}
+
+fn init_logging(args: &RunArgs) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .with_context(|| format!("{}: invalid filter {:?}", env::LOG, args.log))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber already installed (by a test or an embedding) is kept.
+    let _ = match args.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+    Ok(())
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will not release the lease");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
