@@ -1,7 +1,7 @@
 # Weft: `make test` is what CI runs; `make build` builds release binaries.
 CARGO ?= cargo
 
-.PHONY: all build test fmt-check lint unit clean
+.PHONY: all build test fmt-check lint unit crds clean
 
 all: build
 
@@ -21,6 +21,11 @@ lint:
 unit:
 	$(CARGO) build --workspace --bins
 	$(CARGO) nextest run --workspace
+
+# Regenerates the CRDs from the Rust types (a test fails when they drift).
+crds:
+	$(CARGO) run --quiet -p weft-operator -- crdgen > crds/meshpolicy.yaml.tmp
+	mv crds/meshpolicy.yaml.tmp crds/meshpolicy.yaml
 
 clean:
 	$(CARGO) clean

@@ -928,29 +928,12 @@ fn skew_secs() -> i64 {
 
 /// `der` as PEM with 64-column base64 lines, the form every tool reads.
 fn pem_encode(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut base64 = String::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, byte)| {
-            bits | u32::from(*byte) << (16 - 8 * i)
-        });
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let index = (bits >> (18 - 6 * i)) & 0x3f;
-                base64.push(char::from(ALPHABET[index as usize]));
-            } else {
-                base64.push('=');
-            }
-        }
-    }
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {label}-----\n");
-    for (i, c) in base64.chars().enumerate() {
-        if i > 0 && i % 64 == 0 {
-            pem.push('\n');
-        }
-        pem.push(c);
-    }
-    if !base64.is_empty() {
+    // Base64 output is ASCII, so 64-byte chunks are whole characters.
+    for line in encoded.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
         pem.push('\n');
     }
     pem.push_str(&format!("-----END {label}-----\n"));

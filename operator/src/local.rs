@@ -63,6 +63,8 @@ pub struct LocalArgs {
     /// Recheck certificates at least this often.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub resync: Duration,
+    #[command(flatten)]
+    pub logging: crate::logging::LogArgs,
 }
 
 pub fn parse_mtls(s: &str) -> Result<MtlsMode, String> {
@@ -355,6 +357,7 @@ fn load_authority(state: &Path) -> Result<Authority> {
 /// Runs the local runtime: one pass, then (without `--once`) a pass after
 /// every burst of manifest changes and every `--resync`.
 pub fn run(args: LocalArgs) -> Result<()> {
+    crate::logging::init(&args.logging)?;
     let once = args.once;
     let (debounce, resync) = (args.debounce, args.resync);
     let manifests = args.manifests.clone();

@@ -16,8 +16,10 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions (YAML) generated from the Rust types.
     Crdgen(weft_operator::crdgen::CrdgenArgs),
+    /// Run the control plane in a cluster (in-cluster config or KUBECONFIG).
+    Run(Box<weft_operator::k8s::RunArgs>),
     /// Run the control plane over a directory of manifests, without a cluster.
-    Local(weft_operator::local::LocalArgs),
+    Local(Box<weft_operator::local::LocalArgs>),
     /// Print a manifest file with every pod and pod template injected.
     Inject(weft_operator::inject_docs::InjectArgs),
 }
@@ -26,9 +28,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crdgen(args) => weft_operator::crdgen::run(&args),
-        Command::Local(args) => {
-            weft_operator::logging::init().and_then(|()| weft_operator::local::run(args))
-        }
+        Command::Run(args) => weft_operator::k8s::run(*args),
+        Command::Local(args) => weft_operator::local::run(*args),
         Command::Inject(args) => weft_operator::inject_docs::run(&args),
     };
     match result {

@@ -85,6 +85,10 @@ impl Env {
             default_mtls: MtlsMode::Permissive,
             debounce: Duration::from_millis(10),
             resync: Duration::from_secs(30),
+            logging: weft_operator::logging::LogArgs {
+                log: "info".into(),
+                log_format: weft_operator::logging::LogFormat::Plain,
+            },
         })
         .unwrap()
     }

@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use weft_api::duration::parse_duration;
@@ -46,12 +46,6 @@ use self::watch::Pacing;
 
 /// The operator namespace when neither the flag nor the environment says.
 pub const DEFAULT_NAMESPACE: &str = "weft-system";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
 
 /// Flags of `weft-operator run`.
 #[derive(Debug, Clone, Args)]
@@ -96,11 +90,8 @@ pub struct RunArgs {
     /// How often the leader renews the Lease (and followers check it).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub lease_renew: Duration,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = env::LOG, default_value = "info")]
-    pub log: String,
-    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "plain")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub logging: crate::logging::LogArgs,
 }
 
 /// Settings resolved from flags and environment, checked.
@@ -192,7 +183,7 @@ impl RunArgs {
 /// The process entry point of `weft-operator run`: logging, the async
 /// runtime, SIGTERM; returns once shut down.
 pub fn run(args: RunArgs) -> Result<()> {
-    init_logging(&args)?;
+    crate::logging::init(&args.logging)?;
     let config = args.config(|k| std::env::var(k).ok())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -221,20 +212,6 @@ pub async fn run_async(config: Config, shutdown: CancellationToken) -> Result<()
         "weft-operator starting"
     );
     control::serve(client, config, listener, shutdown).await
-}
-
-fn init_logging(args: &RunArgs) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("{}: invalid filter {:?}", env::LOG, args.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A subscriber already installed (by a test or an embedding) is kept.
-    let _ = match args.log_format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Plain => builder.try_init(),
-    };
-    Ok(())
 }
 
 async fn on_signal(shutdown: CancellationToken) {
