@@ -29,3 +29,4 @@ pub mod run;
 pub mod state;
 pub mod table;
 pub mod tls;
+pub mod wait_ready;

@@ -16,6 +16,8 @@ enum Command {
     Run(Box<weft_proxy::run::RunArgs>),
     /// Install the pod's iptables rules (the init container).
     Init(weft_proxy::init::InitArgs),
+    /// Wait until the proxy is ready (the classic sidecar's postStart hook).
+    WaitReady(weft_proxy::wait_ready::WaitReadyArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,6 +25,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Run(args) => weft_proxy::run::main(*args),
         Command::Init(args) => weft_proxy::init::run(&args),
+        Command::WaitReady(args) => weft_proxy::wait_ready::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -137,3 +137,46 @@ fn invalid_flags_fail_with_a_message_naming_them() {
         "{stderr}"
     );
 }
+
+/// Runs `weft-proxy wait-ready` against `admin`; its exit status.
+async fn wait_ready(
+    admin: std::net::SocketAddr,
+    timeout: &'static str,
+) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+            .args([
+                "wait-ready",
+                "--admin-addr",
+                &admin.to_string(),
+                "--timeout",
+                timeout,
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn wait_ready_returns_once_the_proxy_is_ready() {
+    let ca = Ca::new("root");
+    let app = EchoApp::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", app.addr)).await;
+
+    assert!(
+        !wait_ready(proxy.admin, "300ms").await.success(),
+        "no files: not ready"
+    );
+    let waiting = tokio::spawn(wait_ready(proxy.admin, "60s"));
+    write_identity(
+        &dir.path().join("identity"),
+        &ca.leaf("shop", "cart"),
+        &ca.pem(),
+    );
+    write_routes(&dir.path().join("routes"), &table("shop", 1, permissive()));
+    assert!(waiting.await.unwrap().success());
+}

@@ -4,8 +4,8 @@
 //! the person reading it is looking at a pod spec written by injection or by
 //! hand and needs to know which annotation to fix.
 
-use std::fmt;
-use std::net::Ipv4Addr;
+pub use weft_api::net::{Ipv4Cidr, PortRange};
+use weft_api::net::{NetError, parse_cidr, parse_list, parse_port_range};
 
 use super::InitArgs;
 use super::backend::IptablesMode;
@@ -35,44 +35,11 @@ pub struct InitConfig {
 pub enum ConfigError {
     #[error("{flag}: {value} is not a port (1-65535)")]
     ZeroPort { flag: &'static str, value: u16 },
-    #[error("{flag}: {value:?} is not a port or port range (like 8080 or 8000-8100)")]
-    Port { flag: &'static str, value: String },
-    #[error("{flag}: {value:?} is an empty range (its first port is after its last)")]
-    EmptyRange { flag: &'static str, value: String },
-    #[error("{flag}: {value:?} is not an IPv4 CIDR (like 10.0.0.0/8)")]
-    Cidr { flag: &'static str, value: String },
-}
-
-/// An inclusive range of TCP ports; a single port is a range of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
-
-impl fmt::Display for PortRange {
-    /// iptables' spelling (`8000:8100`), so generated rules read back identically
-    /// from `iptables-save`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}:{}", self.first, self.last)
-        }
-    }
-}
-
-/// An IPv4 network with its host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    pub network: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
+    #[error("{flag}: {reason}")]
+    List {
+        flag: &'static str,
+        reason: NetError,
+    },
 }
 
 impl InitConfig {
@@ -103,80 +70,22 @@ fn port(flag: &'static str, value: u16) -> Result<u16, ConfigError> {
     Ok(value)
 }
 
-/// Parses list items (clap already split on commas), ignoring empty items so
-/// an empty annotation means "nothing to skip", and dropping duplicates so
-/// each rule is installed once.
+/// Parses the flag's items (clap already split on commas) as
+/// `weft_api::net` does for annotations, so both accept the same values.
 fn port_list(flag: &'static str, items: &[String]) -> Result<Vec<PortRange>, ConfigError> {
-    parse_items(items, |item| parse_port_range(flag, item))
+    list(flag, items, parse_port_range)
 }
 
 fn cidr_list(flag: &'static str, items: &[String]) -> Result<Vec<Ipv4Cidr>, ConfigError> {
-    parse_items(items, |item| parse_cidr(flag, item))
+    list(flag, items, parse_cidr)
 }
 
-fn parse_items<T: PartialEq>(
+fn list<T: PartialEq>(
+    flag: &'static str,
     items: &[String],
-    parse: impl Fn(&str) -> Result<T, ConfigError>,
+    parse: impl Fn(&str) -> Result<T, NetError>,
 ) -> Result<Vec<T>, ConfigError> {
-    let mut out = Vec::new();
-    for item in items.iter().flat_map(|i| i.split(',')).map(str::trim) {
-        if item.is_empty() {
-            continue;
-        }
-        let value = parse(item)?;
-        if !out.contains(&value) {
-            out.push(value);
-        }
-    }
-    Ok(out)
-}
-
-/// Parses `8080` or `8000-8100`.
-pub fn parse_port_range(flag: &'static str, item: &str) -> Result<PortRange, ConfigError> {
-    let bad = || ConfigError::Port {
-        flag,
-        value: item.to_owned(),
-    };
-    let one = |s: &str| match s.trim().parse::<u16>() {
-        Ok(0) | Err(_) => Err(bad()),
-        Ok(p) => Ok(p),
-    };
-    let (first, last) = match item.split_once('-') {
-        Some((a, b)) => (one(a)?, one(b)?),
-        None => {
-            let p = one(item)?;
-            (p, p)
-        }
-    };
-    if first > last {
-        return Err(ConfigError::EmptyRange {
-            flag,
-            value: item.to_owned(),
-        });
-    }
-    Ok(PortRange { first, last })
-}
-
-/// Parses `10.0.0.0/8`; a bare address means `/32`. Host bits are cleared
-/// (`10.1.2.3/8` is `10.0.0.0/8`), as iptables itself would store it.
-pub fn parse_cidr(flag: &'static str, item: &str) -> Result<Ipv4Cidr, ConfigError> {
-    let bad = || ConfigError::Cidr {
-        flag,
-        value: item.to_owned(),
-    };
-    let (addr, prefix) = match item.split_once('/') {
-        Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad())?),
-        None => (item, 32),
-    };
-    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-    if prefix > 32 {
-        return Err(bad());
-    }
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-    Ok(Ipv4Cidr {
-        network: Ipv4Addr::from(u32::from(addr) & mask),
-        prefix,
-    })
+    parse_list(&items.join(","), parse).map_err(|reason| ConfigError::List { flag, reason })
 }
 
 #[cfg(test)]
@@ -273,16 +182,10 @@ mod tests {
 
     #[test]
     fn cidrs_are_normalised() {
-        let c = parse_cidr("--skip-subnets", "10.1.2.3/8").unwrap();
+        let c = parse_cidr("10.1.2.3/8").unwrap();
         assert_eq!(c.to_string(), "10.0.0.0/8");
-        assert_eq!(
-            parse_cidr("f", "1.2.3.4/0").unwrap().to_string(),
-            "0.0.0.0/0"
-        );
-        assert_eq!(
-            parse_cidr("f", "1.2.3.4/32").unwrap().to_string(),
-            "1.2.3.4/32"
-        );
+        assert_eq!(parse_cidr("1.2.3.4/0").unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(parse_cidr("1.2.3.4/32").unwrap().to_string(), "1.2.3.4/32");
     }
 
     #[test]
