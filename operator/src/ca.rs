@@ -95,19 +95,28 @@ pub enum BundleError {
     NotCa { index: usize, subject: String },
 }
 
-/// Why a workload certificate cannot be issued.
+/// Why a workload or serving certificate cannot be issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IssueError {
     #[error("{id:?} is not a valid workload identity: {reason}")]
     Identity { id: String, reason: SpiffeIdError },
+    #[error("a serving certificate needs at least one DNS name")]
+    NoDnsNames,
+    #[error(
+        "{0:?} is not a DNS name a serving certificate can hold (lowercase labels of letters, \
+         digits and '-', at most 253 characters)"
+    )]
+    DnsName(String),
     #[error("certificate lifetime must be at least one second")]
     ZeroLifetime,
+    /// Names the certificate: its SPIFFE ID or DNS names.
     #[error("validity of the certificate for {0} falls outside the years 1970 to 9999")]
-    TimeOutOfRange(SpiffeId),
+    TimeOutOfRange(String),
     #[error("trust anchor {subject} expired at {not_after}; it must be rotated")]
     AnchorExpired { subject: String, not_after: String },
-    #[error("signing the certificate for {id}: {reason}")]
-    Sign { id: SpiffeId, reason: String },
+    /// `what` names the certificate: its SPIFFE ID or DNS names.
+    #[error("signing the certificate for {what}: {reason}")]
+    Sign { what: String, reason: String },
 }
 
 /// Why a PEM certificate cannot be read.
@@ -389,6 +398,89 @@ impl Authority {
         };
         let id = SpiffeId::workload(trust_domain, namespace, service_account).map_err(invalid)?;
         id.workload_parts().map_err(invalid)?;
+        let what = id.to_string();
+        let sign = |e: rcgen::Error| IssueError::Sign {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into().map_err(sign)?)];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = self.sign_leaf(params, &what, now, lifetime)?;
+        Ok(IssuedIdentity {
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+            bundle_pem: self.bundle_pem.clone(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+            id,
+        })
+    }
+
+    /// A fresh ECDSA P-256 key and a TLS serving certificate for
+    /// `dns_names` (subjectAltName DNS entries, in order; the first is also
+    /// the common name when it fits one), for TLS servers only (extended key
+    /// usage serverAuth), with the same validity rules as [`Self::issue`]:
+    /// from `now - CLOCK_SKEW` to `now + lifetime`, cut short to the
+    /// anchor's expiry. The admission webhook serves with it; the API
+    /// server checks it against the trust bundle (the webhook's `caBundle`).
+    pub fn issue_server(
+        &self,
+        dns_names: &[String],
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<IssuedServer, IssueError> {
+        if dns_names.is_empty() {
+            return Err(IssueError::NoDnsNames);
+        }
+        if let Some(bad) = dns_names.iter().find(|n| !is_dns_name(n)) {
+            return Err(IssueError::DnsName(bad.clone()));
+        }
+        let what = dns_names.join(", ");
+        let sign = |e: rcgen::Error| IssueError::Sign {
+            what: what.clone(),
+            reason: e.to_string(),
+        };
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(first) = dns_names.first().filter(|n| n.len() <= MAX_COMMON_NAME) {
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
+        }
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|n| Ok(SanType::DnsName(n.as_str().try_into()?)))
+            .collect::<Result<_, rcgen::Error>>()
+            .map_err(sign)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = self.sign_leaf(params, &what, now, lifetime)?;
+        Ok(IssuedServer {
+            dns_names: dns_names.to_vec(),
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+            bundle_pem: self.bundle_pem.clone(),
+            signer_pem: self.signer.cert_pem().to_owned(),
+            not_before: leaf.not_before,
+            not_after: leaf.not_after,
+        })
+    }
+
+    /// Signs a leaf described by `params` (names and extended key usages)
+    /// with a fresh P-256 key: not a CA, digitalSignature only, a random
+    /// serial, the anchor's key identifier when it has one, and the validity
+    /// of `now` and `lifetime` cut to the anchor's.
+    fn sign_leaf(
+        &self,
+        mut params: CertificateParams,
+        what: &str,
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<SignedLeaf, IssueError> {
         let lifetime = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
         if lifetime == 0 {
             return Err(IssueError::ZeroLifetime);
@@ -405,38 +497,71 @@ impl Authority {
             now_secs - skew_secs(),
             now_secs.saturating_add(lifetime).min(anchor_end),
         );
-        let sign = |e: rcgen::Error| IssueError::Sign {
-            id: id.clone(),
-            reason: e.to_string(),
+        let sign = |reason: String| IssueError::Sign {
+            what: what.to_owned(),
+            reason,
         };
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(id.as_str().try_into().map_err(sign)?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
         params.use_authority_key_identifier_extension = self.signer.inner.has_key_id;
-        params.serial_number = Some(random_serial().map_err(|reason| IssueError::Sign {
-            id: id.clone(),
-            reason,
-        })?);
+        params.serial_number = Some(random_serial().map_err(sign)?);
         set_validity(&mut params, not_before, not_after)
-            .ok_or_else(|| IssueError::TimeOutOfRange(id.clone()))?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(sign)?;
+            .ok_or_else(|| IssueError::TimeOutOfRange(what.to_owned()))?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| sign(e.to_string()))?;
         let cert = params
             .signed_by(&key, &self.signer.inner.issuer)
-            .map_err(sign)?;
-        Ok(IssuedIdentity {
+            .map_err(|e| sign(e.to_string()))?;
+        Ok(SignedLeaf {
             cert_pem: pem_encode("CERTIFICATE", cert.der()),
             key_pem: key.serialize_pem(),
-            bundle_pem: self.bundle_pem.clone(),
             not_before: system_time(not_before),
             not_after: system_time(not_after),
-            id,
         })
+    }
+}
+
+/// A leaf as `sign_leaf` returns it.
+struct SignedLeaf {
+    cert_pem: String,
+    key_pem: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+/// The longest common name X.509 allows (`ub-common-name`).
+const MAX_COMMON_NAME: usize = 64;
+
+/// Whether `name` is a DNS name (RFC 1123: dot-separated labels of
+/// lowercase letters, digits and `-`, at most 253 characters) — what a
+/// Kubernetes Service's DNS names are. No wildcards, no trailing dot.
+pub fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(weft_api::validate::is_dns_label)
+}
+
+/// A TLS serving certificate, as the webhook server loads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedServer {
+    pub dns_names: Vec<String>,
+    /// The leaf alone: the anchor is the root, so there is no chain.
+    pub cert_pem: String,
+    /// PKCS#8.
+    pub key_pem: String,
+    /// The trust bundle at issuance: what clients must trust.
+    pub bundle_pem: String,
+    /// The certificate of the anchor that signed it.
+    pub signer_pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl fmt::Debug for IssuedServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedServer")
+            .field("dns_names", &self.dns_names)
+            .field("not_before", &rfc3339(unix_secs(self.not_before)))
+            .field("not_after", &rfc3339(unix_secs(self.not_after)))
+            .finish_non_exhaustive()
     }
 }
 

@@ -816,3 +816,210 @@ fn expiry_window_is_measured_from_now() {
         "holds no PEM certificate"
     );
 }
+
+// --- serving certificates (the admission webhook) ---
+
+fn webhook_names() -> Vec<String> {
+    vec![
+        "weft-webhook.weft-system.svc".into(),
+        "weft-webhook.weft-system.svc.cluster.local".into(),
+    ]
+}
+
+/// What a TLS client (the API server) checks: the chain against the roots
+/// of `bundle_pem`, validity at `now`, the serverAuth purpose and `name`.
+fn verify_server(
+    cert_pem: &str,
+    bundle_pem: &str,
+    name: &str,
+    now: SystemTime,
+) -> Result<(), rustls::Error> {
+    use rustls::client::danger::ServerCertVerifier;
+    let mut roots = RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(root.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider)
+            .build()
+            .unwrap();
+    let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    verifier
+        .verify_server_cert(
+            &leaf,
+            &[],
+            &name,
+            &[],
+            UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap()),
+        )
+        .map(|_| ())
+}
+
+fn is_wrong_name(result: Result<(), rustls::Error>) -> bool {
+    matches!(
+        result,
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+        ))
+    )
+}
+
+#[test]
+fn serving_certificate_verifies_for_its_dns_names_against_the_bundle() {
+    let authority = Authority::new(anchor(t0()));
+    let server = authority
+        .issue_server(&webhook_names(), t0(), DEFAULT_LEAF_LIFETIME)
+        .unwrap();
+    assert_eq!(server.bundle_pem, authority.bundle_pem());
+    assert_eq!(server.signer_pem, authority.signer().cert_pem());
+    assert_eq!(server.dns_names, webhook_names());
+    for name in webhook_names() {
+        verify_server(&server.cert_pem, &server.bundle_pem, &name, t0()).unwrap();
+    }
+    for other in ["weft-webhook.default.svc", "evil.example", "weft-webhook"] {
+        let result = verify_server(&server.cert_pem, &server.bundle_pem, other, t0());
+        assert!(is_wrong_name(result.clone()), "{other}: {result:?}");
+    }
+    // Another root (another subject: anchors are named for their creation).
+    let foreign = Authority::new(anchor(t0() - HOUR));
+    let result = verify_server(
+        &server.cert_pem,
+        foreign.bundle_pem(),
+        &webhook_names()[0],
+        t0(),
+    );
+    assert!(is_unknown_issuer(result.clone()), "{result:?}");
+    let result = verify_server(
+        &server.cert_pem,
+        &server.bundle_pem,
+        &webhook_names()[0],
+        t0() + DEFAULT_LEAF_LIFETIME + MINUTE,
+    );
+    assert!(
+        matches!(
+            result,
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ))
+        ),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn serving_certificate_is_for_tls_servers_only_with_dns_names() {
+    let authority = Authority::new(anchor(t0()));
+    let server = authority
+        .issue_server(&webhook_names(), t0(), HOUR)
+        .unwrap();
+    assert_eq!(count_certs(&server.cert_pem), 1);
+    assert_eq!(server.not_before, t0() - MINUTE);
+    assert_eq!(server.not_after, t0() + HOUR);
+    let key = KeyPair::from_pem(&server.key_pem).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+    with_cert(&server.cert_pem, |cert| {
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            san.value.general_names,
+            [
+                GeneralName::DNSName("weft-webhook.weft-system.svc"),
+                GeneralName::DNSName("weft-webhook.weft-system.svc.cluster.local"),
+            ]
+        );
+        assert_eq!(
+            cert.subject().to_string(),
+            "CN=weft-webhook.weft-system.svc"
+        );
+        assert!(!san.critical, "the subject is not empty");
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth && !eku.any);
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature());
+        assert_eq!(usage.flags.count_ones(), 1);
+        assert!(!cert.basic_constraints().unwrap().unwrap().value.ca);
+        assert_eq!(cert.issuer().to_string(), authority.signer().subject());
+        assert_eq!(
+            key.public_key_raw(),
+            cert.public_key().subject_public_key.data.as_ref()
+        );
+    });
+    // Not usable as a mesh client certificate.
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(authority.bundle_pem().as_bytes()).unwrap())
+        .unwrap();
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.into(),
+        std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()
+    .unwrap();
+    let leaf = CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap();
+    let result = client_verifier.verify_client_cert(
+        &leaf,
+        &[],
+        UnixTime::since_unix_epoch(Duration::from_secs(T0)),
+    );
+    assert!(result.is_err(), "{result:?}");
+}
+
+#[test]
+fn serving_certificate_never_outlives_its_anchor_and_follows_a_rotation() {
+    let a = TrustAnchor::generate(t0(), 10 * HOUR).unwrap();
+    let server = Authority::new(a.clone())
+        .issue_server(&webhook_names(), t0(), DEFAULT_LEAF_LIFETIME)
+        .unwrap();
+    assert_eq!(server.not_after, a.not_after());
+
+    // Rotation step 2: signed by B while A is still trusted; both verify
+    // against the bundle the webhook configuration carries.
+    let b = anchor(t0());
+    let step2 = Authority::new(b.clone())
+        .with_extra_roots(a.cert_pem())
+        .unwrap();
+    let by_b = step2.issue_server(&webhook_names(), t0(), HOUR).unwrap();
+    assert_eq!(by_b.signer_pem, b.cert_pem());
+    for cert in [&server.cert_pem, &by_b.cert_pem] {
+        verify_server(cert, step2.bundle_pem(), &webhook_names()[0], t0()).unwrap();
+    }
+}
+
+#[test]
+fn serving_certificate_refuses_bad_names_and_lifetimes() {
+    let authority = Authority::new(anchor(t0()));
+    let issue = |names: &[&str], lifetime| {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        authority.issue_server(&names, t0(), lifetime)
+    };
+    assert_eq!(issue(&[], HOUR).unwrap_err(), IssueError::NoDnsNames);
+    let long = format!("{}.svc", vec!["a".repeat(63); 4].join("."));
+    for bad in [
+        "",
+        "Weft.svc",
+        "*.weft-system.svc",
+        "weft..svc",
+        "weft.svc.",
+        "-weft.svc",
+        "weft_hook.svc",
+        "10.0.0.1/32",
+        long.as_str(),
+    ] {
+        let err = issue(&["ok.svc", bad], HOUR).unwrap_err();
+        assert_eq!(err, IssueError::DnsName(bad.to_owned()), "{bad}");
+        assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
+    }
+    assert_eq!(
+        issue(&["ok.svc"], Duration::from_millis(10)).unwrap_err(),
+        IssueError::ZeroLifetime
+    );
+    // A name too long for a common name is still a valid SAN.
+    let long_label = format!("{}.{}.svc", "a".repeat(60), "b".repeat(20));
+    let server = issue(&[long_label.as_str()], HOUR).unwrap();
+    with_cert(&server.cert_pem, |cert| {
+        assert_eq!(cert.subject().iter().count(), 0);
+        assert!(cert.subject_alternative_name().unwrap().unwrap().critical);
+    });
+    verify_server(&server.cert_pem, authority.bundle_pem(), &long_label, t0()).unwrap();
+}

@@ -7,17 +7,28 @@ mod k8s_support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_support::*;
 use proptest::prelude::*;
+use serde_json::json;
 use weft_operator::ca::Authority;
 use weft_operator::cluster::{Cluster, Object};
 use weft_operator::desired::desired;
-use weft_operator::k8s::plan::{Inputs, Managed, next_generation, plan};
+use weft_operator::k8s::plan::{Action, Inputs, Managed, ca_bundle_patch, next_generation, plan};
 
 const T0_MS: u64 = T0 * 1000;
 
 fn lines(cluster: &Cluster, managed: &Managed, authority: Option<&Authority>) -> Vec<String> {
+    lines_with(cluster, managed, authority, None)
+}
+
+fn lines_with(
+    cluster: &Cluster,
+    managed: &Managed,
+    authority: Option<&Authority>,
+    webhook_config: Option<&MutatingWebhookConfiguration>,
+) -> Vec<String> {
     let settings = settings();
     let desired = desired(cluster, &settings.mesh);
     plan(&Inputs {
@@ -27,6 +38,7 @@ fn lines(cluster: &Cluster, managed: &Managed, authority: Option<&Authority>) ->
         written: &BTreeMap::new(),
         settings: &settings,
         now: now(),
+        webhook_config,
     })
     .lines()
 }
@@ -268,4 +280,111 @@ fn k8s_a_sequence_of_writes_is_strictly_increasing_even_if_the_clock_goes_back()
         last = g;
         written = Some(g);
     }
+}
+
+// --- the webhook configuration's caBundle ---
+
+const INJECTOR: &str = "MutatingWebhookConfiguration weft-injector";
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn k8s_ca_bundle_is_patched_first_and_only_where_it_differs() {
+    let authority = Authority::new(anchor());
+    let bundle = authority.bundle_pem();
+    let cluster = shop();
+    let all = written(&cluster, &authority);
+    let unchanged = [ROLE, BINDING, SECRET, ROUTES].map(|t| format!("unchanged {t}"));
+    let cases: Vec<(&str, MutatingWebhookConfiguration, Vec<String>)> = vec![
+        (
+            "as the chart installs it",
+            webhook_config(&["inject.weft.dev", "second.weft.dev"], &[]),
+            vec![format!(
+                "patch caBundle of {INJECTOR} (webhooks inject.weft.dev, second.weft.dev)"
+            )],
+        ),
+        (
+            "one stale",
+            webhook_config(
+                &["inject.weft.dev", "second.weft.dev"],
+                &[Some(bundle), Some("old bundle")],
+            ),
+            vec![format!(
+                "patch caBundle of {INJECTOR} (webhooks second.weft.dev)"
+            )],
+        ),
+        (
+            "current",
+            webhook_config(&["inject.weft.dev"], &[Some(bundle)]),
+            vec![],
+        ),
+        ("no webhooks", webhook_config(&[], &[]), vec![]),
+    ];
+    for (name, config, actions) in cases {
+        // Actions first, then skips, each in plan order: caBundle first.
+        let mut want = actions.clone();
+        if actions.is_empty() {
+            want.push(format!("unchanged {INJECTOR}"));
+        }
+        want.extend(unchanged.iter().cloned());
+        assert_eq!(
+            lines_with(&cluster, &all, Some(&authority), Some(&config)),
+            want,
+            "{name}"
+        );
+    }
+    // Without a trust anchor there is no bundle to set.
+    let config = webhook_config(&["inject.weft.dev"], &[]);
+    let got = lines_with(&cluster, &all, None, Some(&config));
+    assert!(
+        got.contains(&format!("no trust anchor for {INJECTOR}")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn k8s_ca_bundle_patch_tests_each_name_at_its_index() {
+    let bundle = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let config = webhook_config(
+        &["inject.weft.dev", "second.weft.dev", "third.weft.dev"],
+        &[Some("old"), Some(bundle), None],
+    );
+    let Some(Action::PatchCaBundle {
+        name,
+        webhooks,
+        patch,
+    }) = ca_bundle_patch(&config, bundle)
+    else {
+        panic!("a patch is due");
+    };
+    assert_eq!(name, "weft-injector");
+    assert_eq!(webhooks, ["inject.weft.dev", "third.weft.dev"]);
+    assert_eq!(
+        serde_json::to_value(&patch).unwrap(),
+        json!([
+            {"op": "test", "path": "/webhooks/0/name", "value": "inject.weft.dev"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b64(bundle)},
+            {"op": "test", "path": "/webhooks/2/name", "value": "third.weft.dev"},
+            {"op": "add", "path": "/webhooks/2/clientConfig/caBundle", "value": b64(bundle)},
+        ])
+    );
+    // Applied, every webhook carries the bundle, and nothing else changed.
+    let mut value = serde_json::to_value(&config).unwrap();
+    json_patch::patch(&mut value, &patch).unwrap();
+    let patched: MutatingWebhookConfiguration = serde_json::from_value(value.clone()).unwrap();
+    assert!(ca_bundle_patch(&patched, bundle).is_none());
+    let mut expected = serde_json::to_value(&config).unwrap();
+    for i in 0..3 {
+        expected["webhooks"][i]["clientConfig"]["caBundle"] = json!(b64(bundle));
+    }
+    assert_eq!(value, expected);
+    // Reordered since it was read: the test fails, nothing is written.
+    let mut reordered = serde_json::to_value(&config).unwrap();
+    reordered["webhooks"].as_array_mut().unwrap().swap(0, 1);
+    let before = reordered.clone();
+    assert!(json_patch::patch(&mut reordered, &patch).is_err());
+    assert_eq!(reordered, before);
 }

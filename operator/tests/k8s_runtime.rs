@@ -14,8 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use weft_api::routes::MtlsMode;
+use weft_operator::inject::InjectConfig;
 use weft_operator::k8s::admin::{self, Admin};
 use weft_operator::k8s::metrics::Metrics;
+use weft_operator::k8s::sidecar::NativeSidecar;
 use weft_operator::k8s::watch::{Pacing, Trigger, settle, slim_pod};
 use weft_operator::k8s::{ConfigError, RunArgs};
 use weft_operator::scope::MeshedPods;
@@ -57,6 +59,130 @@ fn k8s_defaults() {
     assert_eq!(config.pacing.max, Duration::from_secs(2));
     assert_eq!(config.pacing.resync, Duration::from_secs(60));
     assert_eq!(config.admin_addr.to_string(), "0.0.0.0:9990");
+    let webhook = &config.webhook;
+    assert_eq!(webhook.addr.to_string(), "0.0.0.0:9443");
+    assert_eq!(
+        webhook.dns_names,
+        [
+            "weft-webhook.weft-system.svc",
+            "weft-webhook.weft-system.svc.cluster.local"
+        ]
+    );
+    assert_eq!(webhook.config_name, "weft-injector");
+    assert_eq!(webhook.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(webhook.native_sidecar, NativeSidecar::Auto);
+    let defaults = InjectConfig::default();
+    assert_eq!(webhook.inject.proxy_image, defaults.proxy_image);
+    assert_eq!(webhook.inject.init_image, defaults.init_image);
+    assert_eq!(webhook.inject.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(webhook.inject.resources, defaults.resources);
+    assert_eq!(webhook.inject.log_level, "info");
+}
+
+#[test]
+fn k8s_webhook_and_sidecar_flags_with_environment_fallbacks() {
+    let config = args(&[
+        "--pod-name",
+        "op-0",
+        "--namespace",
+        "mesh",
+        "--webhook-addr",
+        "127.0.0.1:8443",
+        "--webhook-service",
+        "injector",
+        "--webhook-config",
+        "my-injector",
+        "--native-sidecar",
+        "false",
+        "--webhook-shutdown-delay",
+        "0s",
+        "--proxy-log-level",
+        "weft_proxy=debug,info",
+        "--proxy-image",
+        "registry.example/weft-proxy:1.2.3",
+        "--proxy-cpu-limit",
+        "500m",
+        "--proxy-memory-limit",
+        "",
+    ])
+    .config(env(&[]))
+    .unwrap();
+    let webhook = &config.webhook;
+    assert_eq!(webhook.addr.to_string(), "127.0.0.1:8443");
+    assert_eq!(
+        webhook.dns_names,
+        ["injector.mesh.svc", "injector.mesh.svc.cluster.local"]
+    );
+    assert_eq!(webhook.config_name, "my-injector");
+    assert_eq!(webhook.native_sidecar, NativeSidecar::False);
+    assert_eq!(webhook.shutdown_delay, Duration::ZERO);
+    assert_eq!(webhook.inject.log_level, "weft_proxy=debug,info");
+    assert_eq!(
+        webhook.inject.proxy_image,
+        "registry.example/weft-proxy:1.2.3"
+    );
+    assert_eq!(webhook.inject.resources.cpu_limit.as_deref(), Some("500m"));
+    assert_eq!(webhook.inject.resources.cpu_request.as_deref(), Some("10m"));
+    assert_eq!(webhook.inject.resources.memory_limit, None, "empty: unset");
+
+    // The chart sets them through the environment: each flag's variable.
+    let command = <Cli as clap::CommandFactory>::command();
+    let env_of = |flag: &str| {
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .and_then(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+    };
+    for (flag, var) in [
+        ("webhook-addr", "WEFT_WEBHOOK_ADDR"),
+        ("webhook-service", "WEFT_WEBHOOK_SERVICE"),
+        ("webhook-config", "WEFT_WEBHOOK_CONFIG"),
+        ("webhook-shutdown-delay", "WEFT_WEBHOOK_SHUTDOWN_DELAY"),
+        ("native-sidecar", "WEFT_NATIVE_SIDECAR"),
+        ("proxy-image", "WEFT_PROXY_IMAGE"),
+        ("init-image", "WEFT_INIT_IMAGE"),
+        ("proxy-log-level", "WEFT_PROXY_LOG_LEVEL"),
+        ("proxy-cpu-request", "WEFT_PROXY_CPU_REQUEST"),
+        ("proxy-cpu-limit", "WEFT_PROXY_CPU_LIMIT"),
+        ("proxy-memory-request", "WEFT_PROXY_MEMORY_REQUEST"),
+        ("proxy-memory-limit", "WEFT_PROXY_MEMORY_LIMIT"),
+    ] {
+        assert_eq!(env_of(flag).as_deref(), Some(var), "--{flag}");
+    }
+}
+
+#[test]
+fn k8s_bad_webhook_and_sidecar_flags_are_refused_by_name() {
+    let err = |flags: &[&str]| {
+        let mut all = vec!["--pod-name", "op"];
+        all.extend_from_slice(flags);
+        args(&all).config(env(&[])).unwrap_err().to_string()
+    };
+    assert!(err(&["--webhook-service", "Not_A_Label"]).starts_with("--webhook-service"));
+    assert!(err(&["--webhook-config", ""]).starts_with("--webhook-config"));
+    let e = err(&["--proxy-cpu-request", "lots"]);
+    assert!(
+        e.starts_with("--proxy-cpu-request") && e.contains("lots"),
+        "{e}"
+    );
+    let e = err(&["--proxy-log-level", "weft=[loud"]);
+    assert!(e.starts_with("--proxy-log-level"), "{e}");
+    assert!(err(&["--proxy-image", ""]).starts_with("--proxy-image"));
+    let parse = |flags: &[&str]| {
+        let argv = ["weft-operator"].into_iter().chain(flags.iter().copied());
+        Cli::try_parse_from(argv).err().map(|e| e.to_string())
+    };
+    assert!(
+        parse(&["--native-sidecar", "maybe"])
+            .unwrap()
+            .contains("maybe")
+    );
+    assert!(
+        parse(&["--webhook-addr", "nowhere"])
+            .unwrap()
+            .contains("nowhere")
+    );
 }
 
 #[test]

@@ -410,6 +410,7 @@ async fn k8s_a_missing_trust_anchor_is_created_then_used() {
         cluster,
         managed,
         anchor: None,
+        webhook_config: None,
     };
     let seen = within(async {
         writer.pass(&snap, now()).await;
@@ -448,6 +449,7 @@ async fn k8s_a_lost_anchor_race_uses_the_winners_anchor() {
         cluster,
         managed,
         anchor: None,
+        webhook_config: None,
     };
     let seen = within(async {
         writer.pass(&snap, now()).await;
@@ -577,5 +579,128 @@ async fn k8s_a_failed_issuance_is_reported_on_the_service_account() {
     assert!(
         text.contains("weft_reconcile_errors_total{kind=\"Secret\"} 1"),
         "{text}"
+    );
+}
+
+const INJECTOR_URI: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/weft-injector";
+
+/// What the API server answers a patch of the webhook configuration: the
+/// configuration with the bundle set.
+fn injector_ok(bundle: String) -> impl FnMut(&Seen) -> Reply + Send + 'static {
+    move |seen| match seen.uri.starts_with(INJECTOR_URI) {
+        true => (
+            200,
+            serde_json::to_value(webhook_config(&["inject.weft.dev"], &[Some(&bundle)])).unwrap(),
+        ),
+        false => ok(seen),
+    }
+}
+
+#[tokio::test]
+async fn k8s_ca_bundle_is_patched_only_when_different() {
+    use base64::Engine;
+    let anchor = anchor();
+    let authority = Authority::new(anchor.clone());
+    let bundle = authority.bundle_pem().to_owned();
+    let cluster = shop();
+    let (client, server) = mock(injector_ok(bundle.clone()));
+    let (mut writer, metrics) = writer(client, settings(), true);
+    let mut snap = snapshot(cluster.clone(), written(&cluster, &authority), &anchor);
+    snap.webhook_config = Some(Arc::new(webhook_config(&["inject.weft.dev"], &[])));
+    let mut current = snap.clone();
+    current.webhook_config = Some(Arc::new(webhook_config(
+        &["inject.weft.dev"],
+        &[Some(&bundle)],
+    )));
+    let (first, second, seen) = within(async {
+        let first = writer.pass(&snap, now()).await;
+        let second = writer.pass(&current, at(T0 + 60)).await;
+        drop(writer);
+        (first, second, server.await.unwrap())
+    })
+    .await;
+    let lines: Vec<String> = seen.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        [format!("PATCH {INJECTOR_URI}?&fieldManager=weft-operator")]
+    );
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bundle);
+    assert_eq!(
+        seen[0].body,
+        json!([
+            {"op": "test", "path": "/webhooks/0/name", "value": "inject.weft.dev"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": encoded},
+        ])
+    );
+    assert_eq!((first.applied, first.errors, first.unchanged), (1, 0, 4));
+    assert_eq!((second.applied, second.errors, second.unchanged), (0, 0, 5));
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "weft_objects_written_total{kind=\"MutatingWebhookConfiguration\",op=\"patch\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn k8s_a_failed_ca_bundle_patch_is_counted_and_retried() {
+    let anchor = anchor();
+    let authority = Authority::new(anchor.clone());
+    let cluster = shop();
+    let mut failures = 1;
+    let mut answer = injector_ok(authority.bundle_pem().to_owned());
+    let (client, server) = mock(move |seen| {
+        if seen.uri.starts_with(INJECTOR_URI) && failures > 0 {
+            failures -= 1;
+            // The `test` failed: the list changed since it was read.
+            return error(422, "Invalid");
+        }
+        answer(seen)
+    });
+    let (mut writer, metrics) = writer(client, settings(), true);
+    let mut snap = snapshot(cluster.clone(), written(&cluster, &authority), &anchor);
+    snap.webhook_config = Some(Arc::new(webhook_config(&["inject.weft.dev"], &[])));
+    let (first, second, seen) = within(async {
+        let first = writer.pass(&snap, now()).await;
+        let second = writer.pass(&snap, at(T0 + 1)).await;
+        drop(writer);
+        (first, second, server.await.unwrap())
+    })
+    .await;
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].body, seen[1].body);
+    assert_eq!((first.errors, second.errors, second.applied), (1, 0, 1));
+    let text = metrics.encode();
+    assert!(
+        text.contains("weft_reconcile_errors_total{kind=\"MutatingWebhookConfiguration\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn k8s_a_follower_leaves_the_ca_bundle_alone() {
+    let anchor = anchor();
+    let authority = Authority::new(anchor.clone());
+    let cluster = shop();
+    let (client, server) = mock(ok);
+    let (mut writer, _) = writer(client, settings(), false);
+    let mut snap = snapshot(cluster.clone(), written(&cluster, &authority), &anchor);
+    snap.webhook_config = Some(Arc::new(webhook_config(&["inject.weft.dev"], &[])));
+    let seen = within(async {
+        writer.pass(&snap, now()).await;
+        drop(writer);
+        server.await.unwrap()
+    })
+    .await;
+    assert!(
+        seen.is_empty(),
+        "{:?}",
+        seen.iter().map(Seen::line).collect::<Vec<_>>()
     );
 }

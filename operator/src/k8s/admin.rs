@@ -1,5 +1,7 @@
 //! The operator's admin server: `/healthz` (the process serves), `/readyz`
-//! (every watch has listed its objects) and `/metrics` (OpenMetrics text).
+//! (every watch has listed its objects and, when the webhook runs, it has a
+//! serving certificate: the webhook Service selects ready replicas only)
+//! and `/metrics` (OpenMetrics text).
 //! Plain HTTP/1.1 for the kubelet's probes and Prometheus. The caller binds
 //! the listener, so tests use port 0.
 
@@ -15,12 +17,17 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
+use super::serving::ServingCert;
 
 /// What the admin server reports.
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     /// Set once the caches are synced.
     pub ready: AtomicBool,
+    /// The webhook's certificate, when readiness waits for it.
+    serving: Option<Arc<ServingCert>>,
+    /// Set on shutdown: no longer ready, whatever else holds.
+    draining: AtomicBool,
 }
 
 impl Admin {
@@ -28,7 +35,20 @@ impl Admin {
         Self {
             metrics,
             ready: AtomicBool::new(false),
+            serving: None,
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// Shutting down: `/readyz` fails from now on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Ready only once `serving` holds a certificate, too.
+    pub fn requiring_serving_cert(mut self, serving: Arc<ServingCert>) -> Self {
+        self.serving = Some(serving);
+        self
     }
 
     pub fn set_ready(&self) {
@@ -39,12 +59,19 @@ impl Admin {
     fn route(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, "/readyz") if self.ready.load(Ordering::Acquire) => {
-                text(StatusCode::OK, "ready\n")
+            (&Method::GET, "/readyz") if self.draining.load(Ordering::Acquire) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
-            (&Method::GET, "/readyz") => {
+            (&Method::GET, "/readyz") if !self.ready.load(Ordering::Acquire) => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n")
             }
+            (&Method::GET, "/readyz") if self.serving.as_ref().is_some_and(|s| !s.is_loaded()) => {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no webhook serving certificate yet\n",
+                )
+            }
+            (&Method::GET, "/readyz") => text(StatusCode::OK, "ready\n"),
             (&Method::GET, "/metrics") => {
                 let mut response = text(StatusCode::OK, self.metrics.encode());
                 response.headers_mut().insert(

@@ -83,3 +83,33 @@ pub async fn create(
         Err(e) => Err(api_error(e)),
     }
 }
+
+/// The authority of the anchor Secret, parsed once per version of it (its
+/// uid and resourceVersion): parsing checks the key against the
+/// certificate, which is not worth repeating every pass or poll.
+#[derive(Default)]
+pub struct AuthorityCache {
+    cached: Option<(SecretVersion, Authority)>,
+}
+
+type SecretVersion = (Option<String>, Option<String>);
+
+impl AuthorityCache {
+    /// The authority held by `secret`, valid at `now`.
+    pub fn authority(
+        &mut self,
+        secret: &Secret,
+        now: SystemTime,
+    ) -> Result<Authority, AnchorSecretError> {
+        let version = (
+            secret.metadata.uid.clone(),
+            secret.metadata.resource_version.clone(),
+        );
+        if let Some((_, authority)) = self.cached.as_ref().filter(|(v, _)| *v == version) {
+            return Ok(authority.clone());
+        }
+        let authority = authority_from_secret(secret, now)?;
+        self.cached = Some((version, authority.clone()));
+        Ok(authority)
+    }
+}

@@ -28,6 +28,18 @@ pub struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `injected`, `allowed`, `denied`, `error`.
+    pub decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `created`, `already_exists`, `failed`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NamespaceLabels {
     pub namespace: String,
 }
@@ -51,6 +63,20 @@ pub struct Metrics {
     pub leader: Gauge,
     /// 1 once every watch has listed its objects.
     pub caches_synced: Gauge,
+    /// Admission requests answered, by decision.
+    pub webhook_requests: Family<DecisionLabels, Counter>,
+    pub webhook_duration: Histogram,
+    /// Identity Secrets the webhook had to create for a pod, by result.
+    pub webhook_identity_secrets: Family<ResultLabels, Counter>,
+    /// Connections closed before a request: `no_certificate` (none issued
+    /// yet), `handshake` (TLS failed or timed out), `busy` (too many).
+    pub webhook_connections_refused: Family<ReasonLabels, Counter>,
+    /// Serving certificates issued, by reason.
+    pub webhook_certificates_issued: Family<ReasonLabels, Counter>,
+    /// Failures to issue or load the serving certificate.
+    pub webhook_certificate_errors: Counter,
+    /// `notAfter` of the serving certificate in use (Unix seconds; 0: none).
+    pub webhook_certificate_expiry: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +99,13 @@ impl Metrics {
             routes_too_large: Family::default(),
             leader: Gauge::default(),
             caches_synced: Gauge::default(),
+            webhook_requests: Family::default(),
+            webhook_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            webhook_identity_secrets: Family::default(),
+            webhook_connections_refused: Family::default(),
+            webhook_certificates_issued: Family::default(),
+            webhook_certificate_errors: Counter::default(),
+            webhook_certificate_expiry: Gauge::default(),
         };
         m.register();
         m
@@ -130,11 +163,58 @@ impl Metrics {
             "1 once every watch has listed its objects",
             self.caches_synced.clone(),
         );
+        r.register(
+            "weft_webhook_requests",
+            "Admission requests answered by the injection webhook, by decision",
+            self.webhook_requests.clone(),
+        );
+        r.register(
+            "weft_webhook_request_duration_seconds",
+            "Time to answer one admission request",
+            self.webhook_duration.clone(),
+        );
+        r.register(
+            "weft_webhook_identity_secrets",
+            "Identity Secrets the webhook created for an injected pod, by result",
+            self.webhook_identity_secrets.clone(),
+        );
+        r.register(
+            "weft_webhook_connections_refused",
+            "Webhook connections closed before a request, by reason",
+            self.webhook_connections_refused.clone(),
+        );
+        r.register(
+            "weft_webhook_certificates_issued",
+            "Webhook serving certificates issued, by reason",
+            self.webhook_certificates_issued.clone(),
+        );
+        r.register(
+            "weft_webhook_certificate_errors",
+            "Failures to issue the webhook serving certificate",
+            self.webhook_certificate_errors.clone(),
+        );
+        r.register(
+            "weft_webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook serving certificate in use expires (0: none yet)",
+            self.webhook_certificate_expiry.clone(),
+        );
     }
 
     pub fn written(&self, kind: &'static str, op: &'static str) {
         self.objects_written
             .get_or_create(&WriteLabels { kind, op })
+            .inc();
+    }
+
+    pub fn webhook_request(&self, decision: &'static str) {
+        self.webhook_requests
+            .get_or_create(&DecisionLabels { decision })
+            .inc();
+    }
+
+    pub fn webhook_refused(&self, reason: &'static str) {
+        self.webhook_connections_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -5,24 +5,33 @@
 //! concern, pure logic apart from I/O:
 //!
 //! - `objects`: the ConfigMap, Secrets, Role and RoleBinding to write (pure);
-//! - `plan`: desired state vs. the objects written → API actions (pure);
+//! - `plan`: desired state vs. the objects written → API actions, including
+//!   the webhook configuration's `caBundle` (pure);
 //! - `status`: MeshPolicy `Accepted` condition (pure);
 //! - `lease`: leader election (pure decision + Lease I/O);
 //! - `anchor`: the trust anchor Secret;
 //! - `writer`: one pass, executing a plan with a `kube::Client`;
 //! - `watch`: reflectors, their stores, the debounce;
 //! - `control`: the loop that ties watches, leadership and passes together;
-//! - `admin`, `metrics`: `/healthz`, `/readyz`, `/metrics`.
+//! - `admin`, `metrics`: `/healthz`, `/readyz`, `/metrics`;
+//! - the injection webhook: `sidecar` (what is injected, native or not),
+//!   `serving` (its TLS certificate from the mesh CA), `admit` (one
+//!   AdmissionReview: decision, identity Secret, metrics) and `webhook`
+//!   (the HTTPS server).
 
 pub mod admin;
+pub mod admit;
 pub mod anchor;
 pub mod control;
 pub mod lease;
 pub mod metrics;
 pub mod objects;
 pub mod plan;
+pub mod serving;
+pub mod sidecar;
 pub mod status;
 pub mod watch;
+pub mod webhook;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -42,6 +51,7 @@ use crate::scope::{MeshConfig, MeshedPods};
 use self::lease::LeaseConfig;
 use self::objects::Limits;
 use self::plan::Settings;
+use self::sidecar::{SidecarArgs, SidecarError};
 use self::watch::Pacing;
 
 /// The operator namespace when neither the flag nor the environment says.
@@ -90,6 +100,23 @@ pub struct RunArgs {
     /// How often the leader renews the Lease (and followers check it).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub lease_renew: Duration,
+    /// The injection webhook's HTTPS listener (`POST /inject`).
+    #[arg(long, env = "WEFT_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// The Service in front of the webhook, in the operator namespace: its
+    /// DNS names go into the serving certificate.
+    #[arg(long, env = "WEFT_WEBHOOK_SERVICE", default_value = "weft-webhook")]
+    pub webhook_service: String,
+    /// The MutatingWebhookConfiguration whose `caBundle` the leader keeps
+    /// equal to the trust bundle.
+    #[arg(long, env = "WEFT_WEBHOOK_CONFIG", default_value = "weft-injector")]
+    pub webhook_config: String,
+    /// On SIGTERM the webhook keeps serving this long (readiness already
+    /// failing) while the Service stops sending it connections.
+    #[arg(long, env = "WEFT_WEBHOOK_SHUTDOWN_DELAY", value_parser = parse_duration, default_value = "5s")]
+    pub webhook_shutdown_delay: Duration,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
     #[command(flatten)]
     pub logging: crate::logging::LogArgs,
 }
@@ -101,6 +128,23 @@ pub struct Config {
     pub pacing: Pacing,
     pub lease: LeaseConfig,
     pub admin_addr: SocketAddr,
+    pub webhook: WebhookConfig,
+}
+
+/// The injection webhook's settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    /// The serving certificate's DNS names.
+    pub dns_names: Vec<String>,
+    /// The MutatingWebhookConfiguration to keep the `caBundle` of.
+    pub config_name: String,
+    pub native_sidecar: sidecar::NativeSidecar,
+    /// How long the webhook serves on after the shutdown signal.
+    pub shutdown_delay: Duration,
+    /// `native_sidecar` is resolved at start (`auto`); this holds `false`
+    /// until then.
+    pub inject: crate::inject::InjectConfig,
 }
 
 /// Why the flags cannot be used.
@@ -116,6 +160,12 @@ pub enum ConfigError {
     Debounce { quiet: Duration, max: Duration },
     #[error("no replica name: set --pod-name or {} (or HOSTNAME)", env::POD_NAME)]
     PodName,
+    #[error("--webhook-service: {0:?} is not a Service name (a DNS label)")]
+    WebhookService(String),
+    #[error("--webhook-config: must not be empty")]
+    WebhookConfig,
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
 }
 
 impl RunArgs {
@@ -129,6 +179,14 @@ impl RunArgs {
         let identity = nonempty(self.pod_name.clone())
             .or_else(|| nonempty(env("HOSTNAME")))
             .ok_or(ConfigError::PodName)?;
+        let webhook = WebhookConfig {
+            addr: self.webhook_addr,
+            dns_names: serving::dns_names(&self.webhook_service, &namespace),
+            config_name: self.webhook_config.clone(),
+            native_sidecar: self.sidecar.native_sidecar,
+            shutdown_delay: self.webhook_shutdown_delay,
+            inject: self.sidecar.inject_config(false)?,
+        };
         Ok(Config {
             settings: Settings {
                 mesh: MeshConfig {
@@ -154,6 +212,7 @@ impl RunArgs {
                 renew_every: self.lease_renew,
             },
             admin_addr: self.admin_addr,
+            webhook,
         })
     }
 
@@ -176,6 +235,12 @@ impl RunArgs {
                 max: self.debounce_max,
             });
         }
+        if !weft_api::validate::is_dns_label(&self.webhook_service) {
+            return Err(ConfigError::WebhookService(self.webhook_service.clone()));
+        }
+        if self.webhook_config.is_empty() {
+            return Err(ConfigError::WebhookConfig);
+        }
         Ok(())
     }
 }
@@ -196,22 +261,34 @@ pub fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// Connects (in-cluster config or `KUBECONFIG`), binds the admin port and
-/// runs until `shutdown`.
-pub async fn run_async(config: Config, shutdown: CancellationToken) -> Result<()> {
+/// Connects (in-cluster config or `KUBECONFIG`), binds the admin and
+/// webhook ports, resolves `--native-sidecar` and runs until `shutdown`.
+pub async fn run_async(mut config: Config, shutdown: CancellationToken) -> Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-    let listener = TcpListener::bind(config.admin_addr)
+    let admin = TcpListener::bind(config.admin_addr)
         .await
         .with_context(|| format!("binding the admin listener on {}", config.admin_addr))?;
+    let webhook = TcpListener::bind(config.webhook.addr)
+        .await
+        .with_context(|| format!("binding the webhook listener on {}", config.webhook.addr))?;
     tracing::info!(
         namespace = %config.lease.namespace,
         identity = %config.lease.identity,
         admin = %config.admin_addr,
+        webhook = %config.webhook.addr,
         "weft-operator starting"
     );
-    control::serve(client, config, listener, shutdown).await
+    config.webhook.inject.native_sidecar =
+        sidecar::resolve(config.webhook.native_sidecar, &client).await;
+    control::serve(
+        client,
+        config,
+        control::Listeners { admin, webhook },
+        shutdown,
+    )
+    .await
 }
 
 async fn on_signal(shutdown: CancellationToken) {

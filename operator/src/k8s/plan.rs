@@ -9,12 +9,21 @@
 //!
 //! Only objects labelled `app.kubernetes.io/managed-by=weft`, with the names
 //! the operator uses, outside the operator namespace, are ever deleted.
+//!
+//! The one object the operator writes but does not own is the webhook's
+//! MutatingWebhookConfiguration (installed by the chart): of it, only
+//! `webhooks[*].clientConfig.caBundle` is changed, with a JSON patch that
+//! tests each webhook's name at its index, so a list reordered since it was
+//! read fails the write (422) instead of changing the wrong entry, and no
+//! entry is ever created.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
@@ -58,6 +67,8 @@ pub enum Kind {
     Secret,
     Role,
     RoleBinding,
+    /// Cluster-scoped: its target's namespace is empty.
+    MutatingWebhookConfiguration,
 }
 
 impl Kind {
@@ -67,6 +78,7 @@ impl Kind {
             Self::Secret => "Secret",
             Self::Role => "Role",
             Self::RoleBinding => "RoleBinding",
+            Self::MutatingWebhookConfiguration => "MutatingWebhookConfiguration",
         }
     }
 }
@@ -91,7 +103,10 @@ impl Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+        match self.namespace.as_str() {
+            "" => write!(f, "{} {}", self.kind.as_str(), self.name),
+            ns => write!(f, "{} {ns}/{}", self.kind.as_str(), self.name),
+        }
     }
 }
 
@@ -112,6 +127,13 @@ pub enum Action {
         reason: RenewReason,
     },
     Delete(Target),
+    /// JSON patch of the `caBundle` of these webhooks (by name) of a
+    /// MutatingWebhookConfiguration.
+    PatchCaBundle {
+        name: String,
+        webhooks: Vec<String>,
+        patch: json_patch::Patch,
+    },
 }
 
 impl Action {
@@ -137,6 +159,9 @@ impl Action {
                 &identity_secret_name(service_account),
             ),
             Self::Delete(target) => target.clone(),
+            Self::PatchCaBundle { name, .. } => {
+                Target::new(Kind::MutatingWebhookConfiguration, "", name)
+            }
         }
     }
 }
@@ -150,6 +175,12 @@ impl fmt::Display for Action {
             Self::ApplyRole(_) | Self::ApplyRoleBinding(_) => write!(f, "apply {}", self.target()),
             Self::Issue { reason, .. } => write!(f, "issue {} ({reason})", self.target()),
             Self::Delete(target) => write!(f, "delete {target}"),
+            Self::PatchCaBundle { webhooks, .. } => write!(
+                f,
+                "patch caBundle of {} (webhooks {})",
+                self.target(),
+                webhooks.join(", ")
+            ),
         }
     }
 }
@@ -186,8 +217,8 @@ impl fmt::Display for Skip {
     }
 }
 
-/// The actions of one pass, in the order to run them: RBAC, identities,
-/// routing tables, then deletions.
+/// The actions of one pass, in the order to run them: the webhook's
+/// `caBundle`, RBAC, identities, routing tables, then deletions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
@@ -215,12 +246,24 @@ pub struct Inputs<'a> {
     pub written: &'a BTreeMap<String, u64>,
     pub settings: &'a Settings,
     pub now: SystemTime,
+    /// The webhook's MutatingWebhookConfiguration, when it exists.
+    pub webhook_config: Option<&'a MutatingWebhookConfiguration>,
 }
 
 /// The actions that bring the managed objects to the desired state.
 pub fn plan(inputs: &Inputs<'_>) -> Plan {
     let index = Index::new(inputs.managed);
     let mut plan = Plan::default();
+    if let Some(config) = inputs.webhook_config {
+        let target = Target::new(Kind::MutatingWebhookConfiguration, "", &config.name_any());
+        match inputs.authority {
+            None => plan.skipped.push(Skip::NoAuthority(target)),
+            Some(authority) => match ca_bundle_patch(config, authority.bundle_pem()) {
+                Some(action) => plan.actions.push(action),
+                None => plan.skipped.push(Skip::Unchanged(target)),
+            },
+        }
+    }
     for ns in inputs.desired.tables.keys() {
         rbac(ns, &index, &mut plan);
     }
@@ -230,6 +273,39 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
     }
     stale(inputs, &index, &mut plan);
     plan
+}
+
+/// The patch that sets the `caBundle` of every webhook of `config` whose
+/// bundle is not `bundle_pem`: for each, a `test` of its name at its index,
+/// then an `add` (set, present or not) of the base64 bundle. `None` when all
+/// are current (or there are none).
+pub fn ca_bundle_patch(config: &MutatingWebhookConfiguration, bundle_pem: &str) -> Option<Action> {
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation, TestOperation};
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bundle_pem);
+    let mut ops = Vec::new();
+    let mut webhooks = Vec::new();
+    for (i, webhook) in config.webhooks.iter().flatten().enumerate() {
+        let current = webhook.client_config.ca_bundle.as_ref().map(|b| &b.0[..]);
+        if current == Some(bundle_pem.as_bytes()) {
+            continue;
+        }
+        let index = i.to_string();
+        ops.push(PatchOperation::Test(TestOperation {
+            path: PointerBuf::from_tokens(["webhooks", &index, "name"]),
+            value: webhook.name.clone().into(),
+        }));
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["webhooks", &index, "clientConfig", "caBundle"]),
+            value: encoded.clone().into(),
+        }));
+        webhooks.push(webhook.name.clone());
+    }
+    (!ops.is_empty()).then(|| Action::PatchCaBundle {
+        name: config.name_any(),
+        webhooks,
+        patch: json_patch::Patch(ops),
+    })
 }
 
 /// The managed objects by namespace and name; only labelled ones.

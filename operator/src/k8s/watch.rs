@@ -3,8 +3,9 @@
 //! burst of changes into one pass.
 //!
 //! Cluster kinds are watched everywhere; what the operator wrote only through
-//! the `app.kubernetes.io/managed-by=weft` label, and the trust anchor by
-//! name in the operator namespace. Stores drop what no pass reads
+//! the `app.kubernetes.io/managed-by=weft` label, the trust anchor by name in
+//! the operator namespace, and the webhook's MutatingWebhookConfiguration by
+//! name (so RBAC can name both objects). Stores drop what no pass reads
 //! (`managedFields`; a Pod's containers and status), since every Pod of the
 //! cluster is held in memory.
 
@@ -14,13 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Pod, PodSpec, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use prometheus_client::metrics::gauge::Gauge;
@@ -111,14 +113,22 @@ pub struct Stores {
     roles: Store<Role>,
     role_bindings: Store<RoleBinding>,
     anchor: Store<Secret>,
+    webhook_config: Store<MutatingWebhookConfiguration>,
 }
 
 impl Stores {
-    /// Starts every watch (tasks on the current runtime).
-    pub fn start(client: &Client, operator_namespace: &str, trigger: &Arc<Trigger>) -> Self {
+    /// Starts every watch (tasks on the current runtime); `webhook_config`
+    /// names the webhook's MutatingWebhookConfiguration.
+    pub fn start(
+        client: &Client,
+        operator_namespace: &str,
+        webhook_config: &str,
+        trigger: &Arc<Trigger>,
+    ) -> Self {
         let all = || watcher::Config::default();
         let managed = || watcher::Config::default().labels(MANAGED_SELECTOR);
         let anchor_field = format!("metadata.name={TRUST_ANCHOR_SECRET}");
+        let webhook_field = format!("metadata.name={webhook_config}");
         Self {
             namespaces: reflect(Api::all(client.clone()), all(), trigger, slim),
             service_accounts: reflect(Api::all(client.clone()), all(), trigger, slim),
@@ -133,6 +143,12 @@ impl Stores {
             anchor: reflect(
                 Api::namespaced(client.clone(), operator_namespace),
                 watcher::Config::default().fields(&anchor_field),
+                trigger,
+                slim,
+            ),
+            webhook_config: reflect(
+                Api::all(client.clone()),
+                watcher::Config::default().fields(&webhook_field),
                 trigger,
                 slim,
             ),
@@ -151,7 +167,25 @@ impl Stores {
         self.secrets.wait_until_ready().await?;
         self.roles.wait_until_ready().await?;
         self.role_bindings.wait_until_ready().await?;
-        self.anchor.wait_until_ready().await
+        self.anchor.wait_until_ready().await?;
+        self.webhook_config.wait_until_ready().await
+    }
+
+    /// The cached Namespace `name`.
+    pub fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.namespaces.get(&ObjectRef::new(name))
+    }
+
+    /// Whether the cache holds the managed Secret `namespace/name`.
+    pub fn has_secret(&self, namespace: &str, name: &str) -> bool {
+        self.secrets
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    }
+
+    /// The trust anchor Secret, as cached.
+    pub fn anchor(&self) -> Option<Arc<Secret>> {
+        self.anchor.state().into_iter().next()
     }
 
     /// The stores' contents now (pointers, not copies).
@@ -171,7 +205,8 @@ impl Stores {
                 roles: self.roles.state(),
                 role_bindings: self.role_bindings.state(),
             },
-            anchor: self.anchor.state().into_iter().next(),
+            anchor: self.anchor(),
+            webhook_config: self.webhook_config.state().into_iter().next(),
         }
     }
 }

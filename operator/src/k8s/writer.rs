@@ -2,8 +2,9 @@
 //! API calls.
 //!
 //! The thin I/O layer over `plan` and `status`: it executes each action
-//! with server-side apply (field manager `weft-operator`, forced), delete or
-//! a status patch, one at a time, and only while this replica leads. A
+//! with server-side apply (field manager `weft-operator`, forced), delete, a
+//! status patch or (the webhook's `caBundle`) a JSON patch, one at a time,
+//! and only while this replica leads. A
 //! failing call is logged and counted and the pass goes on; nothing is
 //! remembered as written, so the next pass (the next event, or the periodic
 //! resync) plans it again. That is the retry: no crash, no hot loop.
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -42,6 +44,8 @@ pub struct Snapshot {
     pub managed: Managed,
     /// Secret `weft-trust-anchor` of the operator namespace.
     pub anchor: Option<Arc<Secret>>,
+    /// The webhook's MutatingWebhookConfiguration (`--webhook-config`).
+    pub webhook_config: Option<Arc<MutatingWebhookConfiguration>>,
 }
 
 /// What one pass did.
@@ -55,12 +59,6 @@ pub struct Report {
     pub errors: usize,
 }
 
-/// The authority parsed from one version of the anchor Secret.
-struct CachedAuthority {
-    version: (Option<String>, Option<String>),
-    authority: Authority,
-}
-
 /// Executes passes; remembers the generations it wrote and the parsed
 /// trust anchor between them.
 pub struct Writer {
@@ -70,7 +68,7 @@ pub struct Writer {
     recorder: Recorder,
     leader: watch::Receiver<bool>,
     written: BTreeMap<String, u64>,
-    authority: Option<CachedAuthority>,
+    authority: anchor::AuthorityCache,
 }
 
 impl Writer {
@@ -94,7 +92,7 @@ impl Writer {
             metrics,
             leader,
             written: BTreeMap::new(),
-            authority: None,
+            authority: anchor::AuthorityCache::default(),
         }
     }
 
@@ -120,6 +118,7 @@ impl Writer {
             written: &self.written,
             settings: &self.settings,
             now,
+            webhook_config: snapshot.webhook_config.as_deref(),
         });
         let mut near_expiry = self.report_skips(&plan.skipped, snapshot, now, &mut report);
         for action in plan.actions {
@@ -156,18 +155,8 @@ impl Writer {
                 Err(e) => self.anchor_error(&e),
             };
         };
-        let version = (secret.uid(), secret.resource_version());
-        if let Some(cached) = self.authority.as_ref().filter(|c| c.version == version) {
-            return Some(cached.authority.clone());
-        }
-        match anchor::authority_from_secret(secret, now) {
-            Ok(authority) => {
-                self.authority = Some(CachedAuthority {
-                    version,
-                    authority: authority.clone(),
-                });
-                Some(authority)
-            }
+        match self.authority.authority(secret, now) {
+            Ok(authority) => Some(authority),
             Err(e) => self.anchor_error(&e),
         }
     }
@@ -266,6 +255,24 @@ impl Writer {
                 }
                 return self.failed(&target, result, report);
             }
+            Action::PatchCaBundle {
+                name,
+                webhooks,
+                patch,
+            } => {
+                let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                let result = api.patch(&name, &params, &Patch::Json::<()>(patch)).await;
+                if result.is_ok() {
+                    report.applied += 1;
+                    self.metrics.written(target.kind.as_str(), "patch");
+                    tracing::info!(object = %target, webhooks = ?webhooks, "caBundle set to the trust bundle");
+                }
+                return self.failed(&target, result.map(|_| ()), report);
+            }
         };
         if result.is_ok() {
             report.applied += 1;
@@ -304,6 +311,10 @@ impl Writer {
             Kind::Secret => delete::<Secret>(client, ns, name).await,
             Kind::Role => delete::<Role>(client, ns, name).await,
             Kind::RoleBinding => delete::<RoleBinding>(client, ns, name).await,
+            Kind::MutatingWebhookConfiguration => Api::<MutatingWebhookConfiguration>::all(client)
+                .delete(name, &DeleteParams::default())
+                .await
+                .map(|_| ()),
         };
         match result {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{
     Namespace, ObjectReference, Pod, PodSpec, Secret, Service, ServiceAccount, ServicePort,
     ServiceSpec,
@@ -345,5 +346,42 @@ pub fn snapshot(cluster: Cluster, managed: Managed, anchor: &TrustAnchor) -> Sna
         cluster,
         managed,
         anchor: Some(anchor_secret(anchor)),
+        webhook_config: None,
     }
+}
+
+/// MutatingWebhookConfiguration `weft-injector` as the chart installs it
+/// (no `caBundle`), with one webhook per name; `bundles` sets the
+/// `caBundle` of the webhooks at the same index.
+pub fn webhook_config(names: &[&str], bundles: &[Option<&str>]) -> MutatingWebhookConfiguration {
+    let webhooks = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut webhook = json!({
+                "name": name,
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": 5,
+                "clientConfig": {"service": {
+                    "name": "weft-webhook", "namespace": "weft-system", "path": "/inject", "port": 443,
+                }},
+                "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}],
+            });
+            if let Some(Some(bundle)) = bundles.get(i) {
+                use base64::Engine;
+                webhook["clientConfig"]["caBundle"] =
+                    base64::engine::general_purpose::STANDARD.encode(bundle).into();
+            }
+            webhook
+        })
+        .collect::<Vec<_>>();
+    serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "weft-injector", "resourceVersion": "7"},
+        "webhooks": webhooks,
+    }))
+    .unwrap()
 }
