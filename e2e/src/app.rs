@@ -1,82 +1,155 @@
-//! The sample application: a server that answers every HTTP request with
-//! its name, and a client that fetches one URL. Deliberately plain HTTP/1.1
-//! over TCP so that what crosses the wire is easy to recognise.
+//! The sample application: `serve` answers every request with its name (a
+//! backend replica); `frontend` answers by calling another Service and
+//! saying who answered (`frontend-0 -> backend-2`). Plain HTTP/1.1 over TCP:
+//! the mesh adds mutual TLS between the proxies, and what crosses the wire
+//! is easy to recognise.
+//!
+//! The frontend opens a new connection for every call, so every call is
+//! balanced anew by its proxy (which balances per connection).
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http1::SendRequest;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The most a request head may take.
-const MAX_HEAD: usize = 16 * 1024;
+/// What a server does with a request.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Answers `<name>\n`.
+    Backend,
+    /// Calls `GET /` on `backend` and answers `<name> -> <its answer>\n`,
+    /// or 502 `<name> -> error: …` when that fails.
+    Frontend {
+        backend: SocketAddr,
+        timeout: Duration,
+    },
+}
 
-/// Serves forever: every request gets `200` with body `<name>\n`.
-pub async fn serve(listen: SocketAddr, name: String) -> io::Result<()> {
+struct App {
+    name: String,
+    role: Role,
+}
+
+/// Serves forever on `listen`.
+pub async fn serve(listen: SocketAddr, name: String, role: Role) -> io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    let body = format!("{name}\n");
+    let app = Arc::new(App { name, role });
     loop {
-        let (stream, _) = listener.accept().await?;
-        let body = body.clone();
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("weft-e2e-app: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &body).await {
-                eprintln!("weft-e2e-app: {e}");
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.handle(req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                eprintln!("weft-e2e-app: connection: {e}");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, body: &str) -> io::Result<()> {
-    read_head(&mut stream).await?;
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Reads up to the blank line that ends a request or response head.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before a complete HTTP head",
-            ));
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+impl App {
+    async fn handle(&self, _req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let name = &self.name;
+        match &self.role {
+            Role::Backend => text(StatusCode::OK, format!("{name}\n")),
+            Role::Frontend { backend, timeout } => {
+                match tokio::time::timeout(*timeout, get(*backend, "/")).await {
+                    Ok(Ok((status, body))) if (200..300).contains(&status) => {
+                        text(StatusCode::OK, format!("{name} -> {}\n", body.trim()))
+                    }
+                    Ok(Ok((status, body))) => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "{name} -> error: {backend} answered {status}: {}\n",
+                            body.trim()
+                        ),
+                    ),
+                    Ok(Err(e)) => text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{name} -> error: calling {backend}: {e}\n"),
+                    ),
+                    Err(_) => text(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("{name} -> error: {backend} did not answer within {timeout:?}\n"),
+                    ),
+                }
+            }
         }
     }
-    Ok(head)
 }
 
-/// `GET path` from `addr`; returns the status and the body.
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// An HTTP/1.1 client connection that can carry many requests.
+pub struct Connection {
+    addr: SocketAddr,
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Connection {
+    pub async fn open(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self { addr, sender })
+    }
+
+    /// `GET path`; returns the status and the body.
+    pub async fn get(&mut self, path: &str) -> io::Result<(u16, String)> {
+        self.sender.ready().await.map_err(io::Error::other)?;
+        let request = Request::get(path)
+            .header(hyper::header::HOST, self.addr.to_string())
+            .body(Empty::new())
+            .map_err(io::Error::other)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// `GET path` from `addr` on a new connection; returns the status and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "no HTTP response from {addr} (got {} bytes)",
-                response.len()
-            ),
-        )
-    })?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
-    Ok((status, body.to_owned()))
+    Connection::open(addr).await?.get(path).await
 }

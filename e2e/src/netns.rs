@@ -3,14 +3,19 @@
 //! A `Lan` is a private "hub" namespace holding a bridge, and one namespace
 //! per pod joined to it by a veth pair, addressed from 198.18.0.0/16. Nothing
 //! touches the host's own namespace, so parallel tests and the host's
-//! network cannot interfere. Everything is torn down on drop: processes
-//! first, then namespaces.
+//! network cannot interfere. Everything is torn down on drop (or by
+//! [`Cleanup::run`], e.g. from a signal handler): processes first, then
+//! namespaces. Every process is started in its own process group, so a
+//! Ctrl-C in the terminal reaches only the program that owns the LAN, which
+//! then stops them all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::sync::Mutex;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Why this host cannot run namespace tests, or `None` when it can.
 pub fn unsupported() -> Option<String> {
@@ -52,31 +57,136 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Sends `signal` (`TERM`, `INT`, …) to `pid`, a process this program started.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The network namespaces whose names start with `prefix`.
+pub fn namespaces_with_prefix(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kills every process inside namespace `ns` and deletes it. Returns how
+/// many processes were killed.
+pub fn delete_namespace(ns: &str) -> usize {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    if !pids.is_empty() {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+    pids.len()
+}
+
+/// What a LAN has created, shared with its pods and cleanup handles.
+#[derive(Default)]
+struct Registry {
+    namespaces: Mutex<Vec<String>>,
+    children: Mutex<Vec<Child>>,
+    veths: AtomicUsize,
+}
+
+impl Registry {
+    fn keep(&self, child: Child) -> u32 {
+        let pid = child.id();
+        self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Kills the processes, then deletes the namespaces (with anything
+    /// still running inside). Idempotent.
+    fn teardown(&self) -> (usize, usize) {
+        let mut children = std::mem::take(&mut *self.children.lock().unwrap());
+        for child in &mut children {
+            let _ = child.kill();
+        }
+        for child in &mut children {
+            let _ = child.wait();
+        }
+        let namespaces = std::mem::take(&mut *self.namespaces.lock().unwrap());
+        for ns in namespaces.iter().rev() {
+            delete_namespace(ns);
+        }
+        (children.len(), namespaces.len())
+    }
+}
+
+/// Tears a LAN down from elsewhere, e.g. a signal handler's thread.
+#[derive(Clone)]
+pub struct Cleanup(Arc<Registry>);
+
+impl Cleanup {
+    /// Kills every process and deletes every namespace of the LAN; returns
+    /// `(processes, namespaces)` removed.
+    pub fn run(&self) -> (usize, usize) {
+        self.0.teardown()
+    }
+}
+
 /// A bridge in its own namespace, and the pods attached to it.
 pub struct Lan {
     prefix: String,
     hub: String,
-    namespaces: Mutex<Vec<String>>,
-    children: Mutex<Vec<Child>>,
+    registry: Arc<Registry>,
 }
 
-/// One pod: a namespace with `eth0` on the LAN and loopback up.
-pub struct Pod<'a> {
-    lan: &'a Lan,
+/// One pod: a namespace with `eth0` on the LAN and loopback up. `veth` is
+/// its peer on the bridge, in the hub (where packets can be captured).
+#[derive(Clone)]
+pub struct Pod {
     pub ns: String,
     pub ip: Ipv4Addr,
+    pub veth: String,
+    registry: Arc<Registry>,
+}
+
+/// How to start a process in a pod.
+pub struct Spawn<'a> {
+    pub uid: Option<u32>,
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, String)],
+    /// Standard output (and standard error unless `stderr` is set).
+    pub stdout: &'a Path,
+    pub stderr: Option<&'a Path>,
 }
 
 impl Lan {
-    /// A new LAN; `tag` keeps names of concurrent tests apart.
+    /// A new LAN for a test; `tag` and the process ID keep names of
+    /// concurrent tests apart.
     pub fn new(tag: &str) -> Self {
-        let prefix = format!("weft-{tag}-{}", std::process::id());
+        Self::named(&format!("weft-{tag}-{}", std::process::id()))
+    }
+
+    /// A new LAN whose namespaces are all named `<prefix>-…`.
+    pub fn named(prefix: &str) -> Self {
         let hub = format!("{prefix}-hub");
         let lan = Self {
-            prefix,
+            prefix: prefix.to_owned(),
             hub: hub.clone(),
-            namespaces: Mutex::new(Vec::new()),
-            children: Mutex::new(Vec::new()),
+            registry: Arc::default(),
         };
         lan.add_namespace(&hub);
         lan.hub(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -85,9 +195,27 @@ impl Lan {
         lan
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The hub namespace's name.
+    pub fn hub_ns(&self) -> &str {
+        &self.hub
+    }
+
+    /// A handle that tears this LAN down.
+    pub fn cleanup(&self) -> Cleanup {
+        Cleanup(self.registry.clone())
+    }
+
     fn add_namespace(&self, name: &str) {
         run(Command::new("ip").args(["netns", "add", name]));
-        self.namespaces.lock().unwrap().push(name.to_owned());
+        self.registry
+            .namespaces
+            .lock()
+            .unwrap()
+            .push(name.to_owned());
     }
 
     fn hub(&self, args: &[&str]) -> Output {
@@ -97,15 +225,24 @@ impl Lan {
     }
 
     /// Adds pod `name` at `ip`/16 with a default route on the LAN.
-    pub fn pod(&self, name: &str, ip: Ipv4Addr) -> Pod<'_> {
+    pub fn pod(&self, name: &str, ip: Ipv4Addr) -> Pod {
         let ns = format!("{}-{name}", self.prefix);
         self.add_namespace(&ns);
-        let veth = format!("v-{name}");
+        // Interface names have at most 15 bytes.
+        let index = self.registry.veths.fetch_add(1, Ordering::Relaxed);
+        let veth = Some(format!("v-{name}"))
+            .filter(|v| v.len() <= 15)
+            .unwrap_or_else(|| format!("v-{index}"));
         self.hub(&[
             "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ]);
         self.hub(&["ip", "link", "set", &veth, "master", "br0", "up"]);
-        let pod = Pod { lan: self, ns, ip };
+        let pod = Pod {
+            ns,
+            ip,
+            veth,
+            registry: self.registry.clone(),
+        };
         pod.run(&["ip", "link", "set", "lo", "up"]);
         pod.run(&["ip", "addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
         pod.run(&["ip", "link", "set", "eth0", "up"]);
@@ -116,46 +253,50 @@ impl Lan {
     }
 
     /// Starts `args` in the hub namespace (e.g. a packet capture on
-    /// `br0`), logging to `log`.
-    pub fn spawn_in_hub(&self, args: &[&str], log: &Path) -> u32 {
+    /// `br0`, or the operator, which needs no network), logging to `log`.
+    pub fn spawn_in_hub(&self, args: &[&str], env: &[(&str, String)], log: &Path) -> u32 {
         let log = std::fs::File::create(log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.hub])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hub])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .process_group(0);
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {args:?}: {e}"));
-        self.keep(child)
-    }
-
-    fn keep(&self, child: Child) -> u32 {
-        let pid = child.id();
-        self.children.lock().unwrap().push(child);
-        pid
+        self.registry.keep(child)
     }
 
     /// Takes the child started as `pid` back, e.g. to wait for it.
     pub fn take_child(&self, pid: u32) -> Option<Child> {
-        let mut children = self.children.lock().unwrap();
-        let i = children.iter().position(|c| c.id() == pid)?;
-        Some(children.remove(i))
+        take_child(&self.registry, pid)
     }
+
+    /// Kills the child started as `pid` and waits for it.
+    pub fn kill(&self, pid: u32) {
+        if let Some(mut child) = self.take_child(pid) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn take_child(registry: &Registry, pid: u32) -> Option<Child> {
+    let mut children = registry.children.lock().unwrap();
+    let i = children.iter().position(|c| c.id() == pid)?;
+    Some(children.remove(i))
 }
 
 impl Drop for Lan {
     fn drop(&mut self) {
-        for child in self.children.lock().unwrap().iter_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for ns in self.namespaces.lock().unwrap().iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        self.registry.teardown();
     }
 }
 
-impl Pod<'_> {
+impl Pod {
     fn command(&self, uid: Option<u32>, args: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns]);
@@ -180,23 +321,53 @@ impl Pod<'_> {
         run(&mut self.command(None, args))
     }
 
+    /// Runs `args` as `uid` (root when `None`) in the pod and returns what
+    /// happened.
+    pub fn try_run(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut cmd = self.command(uid, args);
+        cmd.stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    }
+
     /// Runs `args` as `uid` in the pod and returns what happened.
     pub fn try_run_as(&self, uid: u32, args: &[&str]) -> Output {
-        let mut cmd = self.command(Some(uid), args);
-        cmd.output()
-            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+        self.try_run(Some(uid), args)
     }
 
     /// Starts `args` as `uid` in the pod with `env`, logging to `log`.
     pub fn spawn_as(&self, uid: u32, args: &[&str], env: &[(&str, String)], log: &Path) -> u32 {
-        let log = std::fs::File::create(log).unwrap();
-        let mut cmd = self.command(Some(uid), args);
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
+        self.spawn(&Spawn {
+            uid: Some(uid),
+            args,
+            env,
+            stdout: log,
+            stderr: None,
+        })
+    }
+
+    /// Starts a process in the pod; it lives until the LAN is torn down or
+    /// it is killed.
+    pub fn spawn(&self, spec: &Spawn<'_>) -> u32 {
+        let stdout = std::fs::File::create(spec.stdout).unwrap();
+        let stderr = match spec.stderr {
+            Some(path) => std::fs::File::create(path).unwrap(),
+            None => stdout.try_clone().unwrap(),
+        };
+        let mut cmd = self.command(spec.uid, spec.args);
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        self.lan.keep(child)
+        self.registry.keep(child)
+    }
+
+    /// Takes the child started as `pid` back, e.g. to wait for it.
+    pub fn take_child(&self, pid: u32) -> Option<Child> {
+        take_child(&self.registry, pid)
     }
 }

@@ -26,7 +26,7 @@ const C_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 const VIP: &str = "198.19.0.10";
 const APP_PORT: u16 = 8080;
 
-/// The binaries, copied where the unprivileged users can run them.
+/// The binaries, where the unprivileged users can run them.
 struct Bins {
     proxy: String,
     app: String,
@@ -34,20 +34,10 @@ struct Bins {
 
 fn bins(dir: &Path) -> Bins {
     let app = PathBuf::from(env!("CARGO_BIN_EXE_weft-e2e-app"));
-    let proxy = app.with_file_name("weft-proxy");
-    assert!(
-        proxy.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
-        proxy.display()
-    );
-    let copy = |from: &Path, name: &str| {
-        let to = dir.join(name);
-        std::fs::copy(from, &to).unwrap();
-        to.display().to_string()
-    };
+    let bins = weft_e2e::mesh::Bins::in_dir(app.parent().unwrap(), dir);
     Bins {
-        proxy: copy(&proxy, "weft-proxy"),
-        app: copy(&app, "weft-e2e-app"),
+        proxy: bins.proxy.display().to_string(),
+        app: bins.app.display().to_string(),
     }
 }
 
@@ -85,7 +75,7 @@ fn table(namespace: &str) -> RoutesTable {
 }
 
 /// Writes the pod's mounts and starts its proxy as UID 7102.
-fn start_proxy(pod: &Pod<'_>, bins: &Bins, dir: &Path, ca: &Ca, ns: &str, sa: &str) {
+fn start_proxy(pod: &Pod, bins: &Bins, dir: &Path, ca: &Ca, ns: &str, sa: &str) {
     let root = dir.join(&pod.ns);
     write_identity(&root.join("identity"), &ca.leaf(ns, sa), &ca.pem());
     write_routes(&root.join("routes"), &table(ns));
@@ -109,7 +99,7 @@ fn start_proxy(pod: &Pod<'_>, bins: &Bins, dir: &Path, ca: &Ca, ns: &str, sa: &s
     );
 }
 
-fn get(pod: &Pod<'_>, bins: &Bins, addr: SocketAddr, path: &str) -> Result<String, String> {
+fn get(pod: &Pod, bins: &Bins, addr: SocketAddr, path: &str) -> Result<String, String> {
     let out = pod.try_run_as(APP_UID, &[&bins.app, "get", &addr.to_string(), path]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if out.status.success() {
@@ -119,7 +109,7 @@ fn get(pod: &Pod<'_>, bins: &Bins, addr: SocketAddr, path: &str) -> Result<Strin
     }
 }
 
-fn admin(pod: &Pod<'_>, bins: &Bins, path: &str) -> Result<String, String> {
+fn admin(pod: &Pod, bins: &Bins, path: &str) -> Result<String, String> {
     get(pod, bins, SocketAddr::from(([127, 0, 0, 1], 7191)), path)
 }
 
@@ -177,6 +167,7 @@ fn plain_client_reaches_a_service_vip_over_mesh_tls() {
             &pcap_str,
             "tcp",
         ],
+        &[],
         &pcap_log,
     );
     wait_until("tcpdump listening", || {

@@ -100,6 +100,8 @@ pub struct LocalRuntime {
     args: LocalArgs,
     mesh: MeshConfig,
     authority: Authority,
+    /// The anchor files `authority` was loaded from, to notice a rotation.
+    anchor_files: Vec<u8>,
     generations: BTreeMap<String, Written>,
 }
 
@@ -110,6 +112,7 @@ impl LocalRuntime {
         std::fs::create_dir_all(&args.state)
             .with_context(|| format!("creating {}", args.state.display()))?;
         let authority = load_authority(&args.state)?;
+        let anchor_files = anchor_files(&args.state);
         let generations = std::fs::read(args.state.join("generations.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -124,12 +127,14 @@ impl LocalRuntime {
             args,
             mesh,
             authority,
+            anchor_files,
             generations,
         })
     }
 
     /// Reads the manifests and brings every mount up to date.
     pub fn sync(&mut self, now: SystemTime) -> Result<Report> {
+        self.refresh_authority()?;
         let loaded = load_dir(&self.args.manifests)
             .with_context(|| format!("reading {}", self.args.manifests.display()))?;
         for e in &loaded.errors {
@@ -150,6 +155,21 @@ impl LocalRuntime {
         self.write_mounts(&desired, &identities, &mut report)?;
         self.write_status(&desired)?;
         Ok(report)
+    }
+
+    /// Reloads the trust anchor when its files changed (an anchor rotation
+    /// step), so the identities are re-issued on this pass.
+    fn refresh_authority(&mut self) -> Result<()> {
+        let current = anchor_files(&self.args.state);
+        if current != self.anchor_files {
+            self.authority = load_authority(&self.args.state)?;
+            self.anchor_files = anchor_files(&self.args.state);
+            tracing::info!(
+                subject = self.authority.signer().subject(),
+                "trust anchor reloaded"
+            );
+        }
+        Ok(())
     }
 
     /// Gives each changed table the next generation.
@@ -323,6 +343,18 @@ fn write_file(path: &Path, content: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The contents of the anchor's files, each prefixed with its length.
+fn anchor_files(state: &Path) -> Vec<u8> {
+    let dir = state.join("trust-anchor");
+    let mut out = Vec::new();
+    for name in [CERT_FILE, KEY_FILE, "ca-bundle.crt"] {
+        let content = std::fs::read(dir.join(name)).unwrap_or_default();
+        out.extend_from_slice(&(content.len() as u64).to_be_bytes());
+        out.extend_from_slice(&content);
+    }
+    out
+}
+
 /// The trust anchor from `<state>/trust-anchor/`, generated on first start;
 /// `ca-bundle.crt` there, if present, adds roots (anchor rotation).
 fn load_authority(state: &Path) -> Result<Authority> {
@@ -368,7 +400,9 @@ pub fn run(args: LocalArgs) -> Result<()> {
     }
     let (tx, rx) = mpsc::channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (ours included) are access events, not changes: waking on
+        // them would make every pass trigger the next.
+        if event.is_ok_and(|e| !e.kind.is_access()) {
             let _ = tx.send(());
         }
     })?;

@@ -284,3 +284,34 @@ spec:
     let table = read_table(&rt.table_path("shop", "frontend-0")).unwrap();
     assert_eq!(table.services[0].policy.inbound.mtls, MtlsMode::Strict);
 }
+
+#[test]
+fn a_rotated_trust_anchor_is_picked_up_without_a_restart() {
+    use weft_operator::ca::TrustAnchor;
+    let env = Env::new();
+    standard(&env);
+    let mut rt = env.runtime();
+    rt.sync(SystemTime::now()).unwrap();
+    let anchor_dir = env.state.join("trust-anchor");
+    let old_cert = std::fs::read_to_string(anchor_dir.join("tls.crt")).unwrap();
+
+    // Step 2 of a rotation: a new signer, the old anchor kept as an extra root.
+    let new =
+        TrustAnchor::generate(SystemTime::now(), Duration::from_secs(3600 * 24 * 365)).unwrap();
+    std::fs::write(anchor_dir.join("ca-bundle.crt"), &old_cert).unwrap();
+    std::fs::write(anchor_dir.join("tls.key"), new.key_pem()).unwrap();
+    std::fs::write(anchor_dir.join("tls.crt"), new.cert_pem()).unwrap();
+
+    let report = rt.sync(SystemTime::now()).unwrap();
+    assert_eq!(
+        report.issued, 2,
+        "every identity re-issued by the new signer"
+    );
+    let bundle =
+        std::fs::read_to_string(env.mount("shop", "backend-0", "identity").join("ca.crt")).unwrap();
+    assert!(bundle.starts_with(new.cert_pem()), "the new signer first");
+    assert!(
+        bundle.contains(old_cert.trim()),
+        "the old root still trusted"
+    );
+}

@@ -504,7 +504,9 @@ async fn next_update(api: &mut Option<ApiUpdates>) -> Option<Arc<ApiRoutes>> {
 
 fn dir_watcher(wake: Arc<Notify>) -> Option<notify::RecommendedWatcher> {
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (ours included) are access events, not changes: waking on
+        // them would make every pass trigger the next.
+        if event.is_ok_and(|e| !e.kind.is_access()) {
             wake.notify_one();
         }
     });

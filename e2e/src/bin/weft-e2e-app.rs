@@ -3,13 +3,20 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use weft_api::duration::parse_duration;
+use weft_e2e::app::Role;
+use weft_e2e::load::LoadOptions;
 
 #[derive(Parser)]
 #[command(
     name = "weft-e2e-app",
-    about = "Sample app for Weft's end-to-end tests"
+    about = "Sample app for Weft's end-to-end tests and demo"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,21 +25,86 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Answer every HTTP request with NAME.
+    /// A backend replica: answer every HTTP request with NAME.
     Serve {
-        #[arg(long)]
+        #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
-        #[arg(long)]
+        #[arg(long, env = "POD_NAME")]
         name: String,
+    },
+    /// A frontend: on every request call `GET /` on BACKEND (a Service's
+    /// virtual IP and port) and answer `NAME -> <its answer>`.
+    Frontend {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        #[arg(long, env = "POD_NAME")]
+        name: String,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        timeout: Duration,
+    },
+    /// Send requests to TARGET and print a JSON report: answers per
+    /// replica with first and last times, failures. Stops after
+    /// --requests, --duration, or SIGTERM/SIGINT.
+    Load {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value = "/")]
+        path: String,
+        #[arg(long)]
+        requests: Option<u64>,
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Requests per second, all workers together.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Reuse connections instead of opening one per request.
+        #[arg(long)]
+        keep_alive: bool,
+        #[arg(long, value_parser = parse_duration, default_value = "2s")]
+        timeout: Duration,
     },
     /// GET PATH from ADDR and print the body; fails unless the status is 2xx.
     Get { addr: SocketAddr, path: String },
+    /// Open a TCP connection to ADDR and close it (a readiness probe).
+    Probe { addr: SocketAddr },
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Serve { listen, name } => weft_e2e::app::serve(listen, name).await,
+        Command::Serve { listen, name } => weft_e2e::app::serve(listen, name, Role::Backend).await,
+        Command::Frontend {
+            listen,
+            name,
+            backend,
+            timeout,
+        } => weft_e2e::app::serve(listen, name, Role::Frontend { backend, timeout }).await,
+        Command::Load {
+            target,
+            path,
+            requests,
+            duration,
+            rate,
+            concurrency,
+            keep_alive,
+            timeout,
+        } => {
+            let options = LoadOptions {
+                target,
+                path,
+                requests,
+                duration,
+                rate,
+                concurrency,
+                keep_alive,
+                timeout,
+            };
+            load(options).await
+        }
         Command::Get { addr, path } => match weft_e2e::app::get(addr, &path).await {
             Ok((status, body)) => {
                 print!("{body}");
@@ -44,6 +116,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => Err(e),
         },
+        Command::Probe { addr } => tokio::net::TcpStream::connect(addr).await.map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,4 +125,24 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn load(options: LoadOptions) -> std::io::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let flag = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        flag.store(true, Ordering::Relaxed);
+    });
+    let report = weft_e2e::load::run(options, stop).await;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(std::io::Error::other)?
+    );
+    Ok(())
 }
