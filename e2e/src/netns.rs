@@ -271,6 +271,44 @@ impl Lan {
     }
 
     /// Takes the child started as `pid` back, e.g. to wait for it.
+    /// Starts a packet capture of TCP on `interface` (of the hub: `br0`, or
+    /// a pod's `v-<pod>` veth) into `dir/wire.pcap`; returns once tcpdump
+    /// is listening.
+    pub fn capture(&self, interface: &str, dir: &Path) -> Capture<'_> {
+        let pcap = dir.join("wire.pcap");
+        let log = dir.join("tcpdump.log");
+        let file = pcap.display().to_string();
+        let args = [
+            "tcpdump",
+            "-i",
+            interface,
+            "--immediate-mode",
+            "-U",
+            "-s",
+            "0",
+            "-Z",
+            "root",
+            "-w",
+            &file,
+            "tcp",
+        ];
+        let pid = self.spawn_in_hub(&args, &[], &log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("listening on")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tcpdump did not start (is it installed? apt-get install tcpdump): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Capture {
+            lan: self,
+            pid,
+            pcap,
+        }
+    }
+
     pub fn take_child(&self, pid: u32) -> Option<Child> {
         take_child(&self.registry, pid)
     }
@@ -369,5 +407,23 @@ impl Pod {
     /// Takes the child started as `pid` back, e.g. to wait for it.
     pub fn take_child(&self, pid: u32) -> Option<Child> {
         take_child(&self.registry, pid)
+    }
+}
+
+/// A running packet capture; `finish` stops it and returns what it saw.
+pub struct Capture<'a> {
+    lan: &'a Lan,
+    pid: u32,
+    pcap: std::path::PathBuf,
+}
+
+impl Capture<'_> {
+    /// Stops tcpdump (it flushes on SIGINT) and returns the pcap file's bytes.
+    pub fn finish(self) -> Vec<u8> {
+        signal(self.pid, "INT");
+        if let Some(mut child) = self.lan.take_child(self.pid) {
+            let _ = child.wait();
+        }
+        std::fs::read(&self.pcap).unwrap()
     }
 }

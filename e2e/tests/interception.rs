@@ -9,7 +9,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_api::routes::*;
@@ -149,30 +148,7 @@ fn plain_client_reaches_a_service_vip_over_mesh_tls() {
         admin(&a, &bins, "/ready").is_ok() && admin(&b, &bins, "/ready").is_ok()
     });
 
-    let pcap = dir.path().join("wire.pcap");
-    let pcap_log = dir.path().join("tcpdump.log");
-    let pcap_str = pcap.display().to_string();
-    let tcpdump = lan.spawn_in_hub(
-        &[
-            "tcpdump",
-            "-i",
-            "v-b",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-Z",
-            "root",
-            "-w",
-            &pcap_str,
-            "tcp",
-        ],
-        &[],
-        &pcap_log,
-    );
-    wait_until("tcpdump listening", || {
-        std::fs::read_to_string(&pcap_log).is_ok_and(|l| l.contains("listening on"))
-    });
+    let capture = lan.capture("v-b", dir.path());
 
     // A plain client in pod A calls the virtual IP; iptables sends it through
     // both proxies and it gets the answer.
@@ -186,12 +162,7 @@ fn plain_client_reaches_a_service_vip_over_mesh_tls() {
         "strict mode must refuse plaintext: {outside:?}"
     );
 
-    Command::new("kill")
-        .args(["-INT", &tcpdump.to_string()])
-        .status()
-        .unwrap();
-    lan.take_child(tcpdump).unwrap().wait().unwrap();
-    let wire = std::fs::read(&pcap).unwrap();
+    let wire = capture.finish();
     let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
     assert!(
         !contains(token.as_bytes()),

@@ -159,36 +159,12 @@ fn mtls_is_verified_between_pods() {
             .is_ok_and(|o| o.status.success()),
         "tcpdump is missing: apt-get install tcpdump"
     );
-    let pcap = t.dir.path().join("wire.pcap");
-    let pcap_log = t.dir.path().join("tcpdump.log");
-    let pcap_str = pcap.display().to_string();
-    let tcpdump = t.mesh.lan().spawn_in_hub(
-        &[
-            "tcpdump",
-            "-i",
-            "br0",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "0",
-            "-Z",
-            "root",
-            "-w",
-            &pcap_str,
-            "tcp",
-        ],
-        &[],
-        &pcap_log,
-    );
-    t.wait_until("tcpdump listening (is tcpdump installed?)", || {
-        std::fs::read_to_string(&pcap_log).is_ok_and(|l| l.contains("listening on"))
-    });
+    let capture = t.mesh.lan().capture("br0", t.dir.path());
 
     let report = t
         .start_traffic(&["--requests", "30", "--rate", "200"])
         .wait();
-    netns::signal(tcpdump, "INT");
-    t.mesh.lan().take_child(tcpdump).unwrap().wait().unwrap();
+    let wire = capture.finish();
 
     assert_all_answered(&report);
     assert_eq!(report.sent, 30);
@@ -237,7 +213,6 @@ fn mtls_is_verified_between_pods() {
     }
 
     // On the wire: TLS records only; neither requests nor answers in the clear.
-    let wire = std::fs::read(&pcap).unwrap();
     let contains = |needle: &[u8]| wire.windows(needle.len()).any(|w| w == needle);
     assert!(
         contains(&[0x16, 0x03, 0x01]),
