@@ -43,6 +43,13 @@ impl Inbound {
                 return;
             }
         };
+        // A connection that was not redirected (addressed to this listener
+        // itself, or the proxy's own forward looping back) would make the
+        // proxy connect to itself, again and again.
+        if stream.local_addr().ok() == Some(dst) {
+            self.deny(peer, None, "addressed_to_proxy");
+            return;
+        }
         if self.opens_with_tls(&stream).await {
             self.mesh_tls(stream, peer, dst).await;
         } else {

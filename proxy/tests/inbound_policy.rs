@@ -121,3 +121,49 @@ async fn a_service_policy_applies_to_its_target_port_only() {
     let default = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", other.addr)).await;
     assert_eq!(exchange(default.inbound, b"plain").await, b"plainEND other");
 }
+
+#[tokio::test]
+async fn a_connection_addressed_to_the_inbound_port_itself_is_refused() {
+    use std::sync::Arc;
+    use weft_proxy::orig_dst::FixedDst;
+    use weft_proxy::run::{Listeners, serve};
+
+    let ca = Ca::new("root");
+    let dir = mounts(&ca, "shop", "cart", &table("shop", 1, permissive()));
+    let mut proxy = ProxyConfig::new(dir.path(), "shop", "cart", "127.0.0.1:1".parse().unwrap());
+    proxy.grace = std::time::Duration::from_millis(100);
+    // Bind first, so the "original destination" can be the inbound listener
+    // itself: what SO_ORIGINAL_DST reports for a connection never redirected.
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = Listeners {
+        outbound: tokio::net::TcpListener::bind(any).await.unwrap(),
+        inbound: tokio::net::TcpListener::bind(any).await.unwrap(),
+        admin: tokio::net::TcpListener::bind(any).await.unwrap(),
+    };
+    let (inbound, admin) = (
+        listeners.inbound.local_addr().unwrap(),
+        listeners.admin.local_addr().unwrap(),
+    );
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(serve(
+        proxy.run_args(),
+        listeners,
+        Arc::new(FixedDst(inbound)),
+        shutdown.clone(),
+    ));
+
+    assert_eq!(exchange(inbound, b"loop?").await, b"");
+    let metrics = http(admin, "GET", "/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "weft_connections_denied_total",
+            &["reason=\"addressed_to_proxy\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "weft_connections_opened_total", &[]), 0.0);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

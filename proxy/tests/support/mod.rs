@@ -100,6 +100,45 @@ pub struct ApiFlags {
 }
 
 impl ProxyConfig {
+    /// The flags of a proxy on loopback port 0 over `<dir>/routes` and `<dir>/identity`.
+    pub fn run_args(&self) -> RunArgs {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let api = self.api.clone();
+        RunArgs {
+            routes_dir: self.dir.join("routes"),
+            identity_dir: self.dir.join("identity"),
+            pod_name: None,
+            pod_namespace: Some(self.namespace.clone()),
+            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            service_account: Some(self.service_account.clone()),
+            outbound_addr: any,
+            inbound_addr: any,
+            admin_addr: any,
+            log: "info".into(),
+            log_format: LogFormat::Plain,
+            shutdown_grace_period: self.grace,
+            connect_timeout: Duration::from_secs(2),
+            detect_timeout: Duration::from_millis(300),
+            reload_debounce: Duration::from_millis(10),
+            reload_poll: Duration::from_millis(250),
+            threads: 1,
+            api_watch: if api.is_some() {
+                ApiWatchMode::Auto
+            } else {
+                ApiWatchMode::Off
+            },
+            api_server: api.as_ref().map(|a| a.url.clone()),
+            api_token_file: api
+                .as_ref()
+                .map_or_else(|| "/nonexistent".into(), |a| a.token_file.clone()),
+            api_ca_file: api
+                .as_ref()
+                .map_or_else(|| "/nonexistent".into(), |a| a.ca_file.clone()),
+            api_backoff_min: Duration::from_millis(20),
+            api_backoff_max: Duration::from_millis(200),
+        }
+    }
+
     pub fn new(dir: &Path, namespace: &str, service_account: &str, dst: SocketAddr) -> Self {
         Self {
             namespace: namespace.into(),
@@ -121,41 +160,7 @@ impl Proxy {
     /// Starts a proxy over `<dir>/routes` and `<dir>/identity`, which
     /// should already hold files so that it starts ready.
     pub async fn start(cfg: ProxyConfig) -> Self {
-        let any = "127.0.0.1:0".parse().unwrap();
-        let api = cfg.api.clone();
-        let args = RunArgs {
-            routes_dir: cfg.dir.join("routes"),
-            identity_dir: cfg.dir.join("identity"),
-            pod_name: None,
-            pod_namespace: Some(cfg.namespace),
-            pod_ip: Some("127.0.0.1".parse().unwrap()),
-            service_account: Some(cfg.service_account),
-            outbound_addr: any,
-            inbound_addr: any,
-            admin_addr: any,
-            log: "info".into(),
-            log_format: LogFormat::Plain,
-            shutdown_grace_period: cfg.grace,
-            connect_timeout: Duration::from_secs(2),
-            detect_timeout: Duration::from_millis(300),
-            reload_debounce: Duration::from_millis(10),
-            reload_poll: Duration::from_millis(250),
-            threads: 1,
-            api_watch: if api.is_some() {
-                ApiWatchMode::Auto
-            } else {
-                ApiWatchMode::Off
-            },
-            api_server: api.as_ref().map(|a| a.url.clone()),
-            api_token_file: api
-                .as_ref()
-                .map_or_else(|| "/nonexistent".into(), |a| a.token_file.clone()),
-            api_ca_file: api
-                .as_ref()
-                .map_or_else(|| "/nonexistent".into(), |a| a.ca_file.clone()),
-            api_backoff_min: Duration::from_millis(20),
-            api_backoff_max: Duration::from_millis(200),
-        };
+        let args = cfg.run_args();
         let listeners = Listeners::bind(&args).await.unwrap();
         let (outbound, inbound, admin) = (
             listeners.outbound.local_addr().unwrap(),
