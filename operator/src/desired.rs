@@ -47,8 +47,10 @@ pub fn desired(cluster: &Cluster, mesh: &MeshConfig) -> Desired {
     let meshed_pods: BTreeMap<ObjectKey, String> = cluster
         .pods
         .iter()
+        // System and operator namespaces are never meshed, whatever a pod says.
         .filter(|(key, pod)| {
-            mesh.is_meshed(cluster.namespaces.get(&key.namespace).map(|n| &**n), pod)
+            !mesh.is_excluded_namespace(&key.namespace)
+                && mesh.is_meshed(cluster.namespaces.get(&key.namespace).map(|n| &**n), pod)
         })
         .map(|(key, pod)| (key.clone(), service_account(pod).to_owned()))
         .collect();
@@ -183,11 +185,17 @@ fn ports(
     ports
 }
 
+/// The ports named by `weft.dev/opaque-ports`, ranges included (parsed as
+/// injection parses the pod annotation); an invalid value marks nothing.
 fn opaque_ports(svc: &Service) -> HashSet<u16> {
-    svc.annotations()
-        .get(OPAQUE_PORTS)
-        .map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+    let Some(value) = svc.annotations().get(OPAQUE_PORTS) else {
+        return HashSet::new();
+    };
+    weft_api::net::parse_list(value, weft_api::net::parse_port_range)
         .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.first..=r.last)
+        .collect()
 }
 
 /// From `appProtocol`, then the port name's prefix (`http-`, `grpc-`, …),

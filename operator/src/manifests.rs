@@ -118,6 +118,19 @@ fn object(doc: serde_json::Value) -> Result<Option<Object>, String> {
     if name.is_empty() {
         return Err(format!("{kind} has no metadata.name"));
     }
+    // Names become paths of the local runtime's mounts: only what
+    // Kubernetes itself accepts, so `..` or `/` can never escape them.
+    let namespace = doc.pointer("/metadata/namespace").and_then(|n| n.as_str());
+    for (field, value) in [
+        ("metadata.name", Some(name.as_str())),
+        ("metadata.namespace", namespace),
+    ] {
+        if let Some(value) = value.filter(|v| !is_dns_subdomain(v)) {
+            return Err(format!(
+                "{kind} {field} {value:?} is not a DNS subdomain name"
+            ));
+        }
+    }
     let typed = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace") => Object::Namespace(parse(doc, &kind, &name)?),
         ("v1", "ServiceAccount") => Object::ServiceAccount(parse(doc, &kind, &name)?),
@@ -130,6 +143,11 @@ fn object(doc: serde_json::Value) -> Result<Option<Object>, String> {
         _ => return Ok(None),
     };
     Ok(Some(typed))
+}
+
+/// RFC 1123 subdomain: dot-separated labels of a-z, 0-9 and '-', at most 253.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(weft_api::validate::is_dns_label)
 }
 
 fn parse<T: DeserializeOwned>(

@@ -329,6 +329,16 @@ fn meshed_namespaces_identities_and_pods() {
     );
 }
 
+/// A pod that carries the injected annotation in namespace `ns`.
+fn injected_in(ns: &str) -> Pod {
+    let mut p = pod(ns, "sneaky", "sneaky", "198.18.0.6", "sneaky", true, &[]);
+    p.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert("weft.dev/injected".into(), "0.1.0".into());
+    p
+}
+
 fn two_services(policies: Vec<Object>) -> Desired {
     let mut objects = vec![
         namespace("shop", true),

@@ -44,6 +44,10 @@ spec: {containers: "not a list"}
 apiVersion: v1
 kind: Pod
 metadata: {namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: "../../../tmp/escape", namespace: shop}
 "#;
 
 #[test]
@@ -69,7 +73,7 @@ fn reads_every_document_and_reports_bad_ones_with_file_and_index() {
     assert_eq!(loaded.ignored, 1);
 
     let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(errors[0].contains("broken.yaml: not YAML"), "{errors:#?}");
     assert!(
         errors[1].contains("nested/more.yml (document 1): Pod \"broken\""),
