@@ -83,4 +83,10 @@ fn reads_every_document_and_reports_bad_ones_with_file_and_index() {
         errors[2].contains("nested/more.yml (document 2): Pod has no metadata.name"),
         "{errors:#?}"
     );
+    assert!(
+        errors[3].contains(
+            r#"(document 3): Pod metadata.name "../../../tmp/escape" is not a DNS subdomain name"#
+        ),
+        "{errors:#?}"
+    );
 }
