@@ -72,8 +72,11 @@ pub struct Sections {
 }
 
 /// Valid policies grouped by target: `(namespace, Service or None)`.
-type Candidates<'a> =
-    BTreeMap<(String, Option<String>), Vec<(&'a ObjectKey, &'a MeshPolicy, Sections)>>;
+/// A refused policy whose security sections still apply carries its verdict.
+type Candidates<'a> = BTreeMap<
+    (String, Option<String>),
+    Vec<(&'a ObjectKey, &'a MeshPolicy, Sections, Option<Verdict>)>,
+>;
 
 /// The outcome of checking every policy of the cluster.
 #[derive(Debug, Default)]
@@ -93,24 +96,33 @@ impl Resolution {
         let mut candidates: Candidates<'_> = BTreeMap::new();
         for (key, policy) in &cluster.policies {
             let generation = policy.metadata.generation;
-            match check(key, &policy.spec, cluster, mesh) {
-                Ok(sections) => {
-                    let target = policy.spec.target_ref.as_ref().map(|t| t.name.clone());
-                    candidates
-                        .entry((key.namespace.clone(), target))
-                        .or_default()
-                        .push((key, policy, sections));
-                }
+            let target = policy.spec.target_ref.as_ref().map(|t| t.name.clone());
+            let candidate = match check(key, &policy.spec, cluster, mesh) {
+                Ok(sections) => Some((sections, None)),
                 Err((reason, message)) => {
-                    res.verdicts.insert(
-                        key.clone(),
-                        Verdict {
-                            reason,
-                            message,
-                            generation,
-                        },
-                    );
+                    let refused = Verdict {
+                        reason,
+                        message,
+                        generation,
+                    };
+                    // Fail closed: a policy refused for, say, a split to a
+                    // missing Service still protects its target with its
+                    // own mTLS and authorization, rather than leaving it to
+                    // a laxer default.
+                    match security_sections(key, &policy.spec, cluster, mesh) {
+                        Some(sections) => Some((sections, Some(refused))),
+                        None => {
+                            res.verdicts.insert(key.clone(), refused);
+                            None
+                        }
+                    }
                 }
+            };
+            if let Some((sections, refused)) = candidate {
+                candidates
+                    .entry((key.namespace.clone(), target))
+                    .or_default()
+                    .push((key, policy, sections, refused));
             }
         }
         for ((namespace, target), mut group) in candidates {
@@ -123,18 +135,26 @@ impl Resolution {
                 Some(svc) => format!("Service {namespace}/{svc}"),
                 None => format!("every Service of namespace {namespace}"),
             };
-            for (i, (key, policy, sections)) in group.into_iter().enumerate() {
+            for (i, (key, policy, sections, refused)) in group.into_iter().enumerate() {
                 let generation = policy.metadata.generation;
-                let verdict = if i == 0 {
-                    match &target {
-                        Some(svc) => {
-                            res.service
-                                .insert(ObjectKey::new(&namespace, svc), sections);
-                        }
-                        None => {
-                            res.namespace.insert(namespace.clone(), sections);
-                        }
+                let verdict = if let Some(refused) = refused {
+                    if i == 0 {
+                        insert(&mut res, &namespace, &target, sections);
                     }
+                    Verdict {
+                        message: format!(
+                            "{}{}",
+                            refused.message,
+                            if i == 0 {
+                                " (its mtls and authorization still apply)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        ..refused
+                    }
+                } else if i == 0 {
+                    insert(&mut res, &namespace, &target, sections);
                     Verdict {
                         reason: Reason::Accepted,
                         message: format!("applies to {what}"),
@@ -167,6 +187,42 @@ impl Resolution {
     pub fn namespace_inbound(&self, namespace: &str, mesh: &MeshConfig) -> InboundPolicy {
         merge(None, self.namespace.get(namespace), mesh).inbound
     }
+}
+
+/// Records the winning sections of a target.
+fn insert(res: &mut Resolution, namespace: &str, target: &Option<String>, sections: Sections) {
+    match target {
+        Some(svc) => {
+            res.service.insert(ObjectKey::new(namespace, svc), sections);
+        }
+        None => {
+            res.namespace.insert(namespace.to_owned(), sections);
+        }
+    }
+}
+
+/// The mTLS and authorization of a refused policy whose target exists,
+/// when those two sections are valid and at least one is set.
+fn security_sections(
+    key: &ObjectKey,
+    spec: &MeshPolicySpec,
+    cluster: &Cluster,
+    mesh: &MeshConfig,
+) -> Option<Sections> {
+    let target_ok = spec.target_ref.as_ref().is_none_or(|t| {
+        t.kind == "Service"
+            && cluster
+                .services
+                .contains_key(&ObjectKey::new(&key.namespace, &t.name))
+    });
+    let security = MeshPolicySpec {
+        target_ref: spec.target_ref.clone(),
+        mtls: spec.mtls.clone(),
+        authorization: spec.authorization.clone(),
+        ..Default::default()
+    };
+    let sections = check(key, &security, cluster, mesh).ok()?;
+    (target_ok && (sections.mtls.is_some() || sections.authorization.is_some())).then_some(sections)
 }
 
 fn merge(own: Option<&Sections>, ns: Option<&Sections>, mesh: &MeshConfig) -> Policy {

@@ -305,6 +305,8 @@ fn meshed_namespaces_identities_and_pods() {
             true,
             &[],
         ))),
+        // Injected by hand into the operator's namespace: still never meshed.
+        Object::Pod(Box::new(injected_in("weft-system"))),
     ]);
 
     let in_cluster = desired(&c, &mesh(MeshedPods::Injected));
@@ -518,6 +520,27 @@ fn split_to_a_missing_service_is_refused_and_not_applied() {
         )
     );
     assert!(svc(&d, "shop", "cart").policy.outbound.split.is_empty());
+
+    // Refused, but its own mTLS and authorization still protect the target.
+    let mut strict_split = split(vec![("cart", 90), ("cart-v3", 10)]);
+    strict_split.mtls = Some(MtlsSpec {
+        mode: MtlsModeSpec::Strict,
+    });
+    let d = two_services(vec![policy(
+        "shop",
+        "canary",
+        "2026-01-01T00:00:00Z",
+        strict_split,
+    )]);
+    let (reason, message) = verdict(&d, "shop", "canary");
+    assert_eq!(reason, Reason::TargetNotFound);
+    assert!(
+        message.ends_with("(its mtls and authorization still apply)"),
+        "{message}"
+    );
+    let cart = &svc(&d, "shop", "cart").policy;
+    assert_eq!(cart.inbound.mtls, MtlsMode::Strict);
+    assert!(cart.outbound.split.is_empty());
 
     let d = two_services(vec![policy(
         "shop",
