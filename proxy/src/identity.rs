@@ -59,6 +59,9 @@ pub enum IdentityError {
     WrongIdentity { found: SpiffeId, want: String },
     #[error("{CERT_FILE}: certificate is not valid now: {0}")]
     Validity(String),
+    /// Valid later (this node's clock is behind the issuer's): worth retrying.
+    #[error("{CERT_FILE}: certificate is not valid yet: not valid before {0}")]
+    NotYetValid(String),
     #[error("{CERT_FILE}: not signed by a root in {TRUST_BUNDLE_FILE}: {0}")]
     Untrusted(String),
     #[error("building the TLS configuration: {0}")]
@@ -168,10 +171,7 @@ fn check_validity(leaf: &CertificateDer<'_>, now: SystemTime) -> Result<i64, Ide
         validity.not_after.timestamp(),
     );
     if now_secs < not_before {
-        return Err(IdentityError::Validity(format!(
-            "not valid before {}",
-            validity.not_before
-        )));
+        return Err(IdentityError::NotYetValid(validity.not_before.to_string()));
     }
     if now_secs > not_after {
         return Err(IdentityError::Validity(format!(

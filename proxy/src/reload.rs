@@ -28,7 +28,7 @@ use weft_api::names::{
 
 use crate::api_protocol::ApiRoutes;
 use crate::arbiter::{Arbiter, Source};
-use crate::identity::{Expected, Identity, IdentityFiles, unix_seconds};
+use crate::identity::{Expected, Identity, IdentityError, IdentityFiles, unix_seconds};
 use crate::metrics::{Kind, KindLabels, SourceLabels};
 use crate::routes_doc::{self, RoutesKeys};
 use crate::state::{Loaded, State, digest};
@@ -334,6 +334,7 @@ impl Loader {
         if !first_sight(&mut self.last_identity, fingerprint) {
             return;
         }
+        let mut retry = false;
         let result = outcome.map_err(|e| e.to_string()).and_then(|snap| {
             let [cert, key, trust_bundle] = required(&self.identity_dir, &names, &snap)?;
             let files = IdentityFiles {
@@ -342,10 +343,21 @@ impl Loader {
                 trust_bundle,
             };
             let identity =
-                Identity::load(&files, &self.expected, &self.provider, SystemTime::now())
-                    .map_err(|e| e.to_string())?;
+                Identity::load(&files, &self.expected, &self.provider, SystemTime::now()).map_err(
+                    |e| {
+                        // The same files may be valid at the next poll: do
+                        // not remember them as seen.
+                        if matches!(e, IdentityError::NotYetValid(_)) {
+                            retry = true;
+                        }
+                        e.to_string()
+                    },
+                )?;
             Ok((identity, snap.source, snap.digest))
         });
+        if retry {
+            self.last_identity = None;
+        }
         match result {
             Ok((identity, source, digest)) => self.publish_identity(identity, &source, digest),
             Err(reason) => {

@@ -223,3 +223,40 @@ async fn proxy_starts_unready_and_becomes_ready_when_files_arrive() {
             > 1.7e9
     );
 }
+
+#[tokio::test]
+async fn a_certificate_not_valid_yet_is_taken_once_it_is() {
+    let ca = Ca::new("root");
+    let app = EchoApp::start("b").await;
+    let dir = mounts(
+        &ca,
+        "web",
+        "frontend",
+        &table("web", 1, InboundPolicy::default()),
+    );
+    let a = Proxy::start(ProxyConfig::new(dir.path(), "web", "frontend", app.addr)).await;
+    a.wait_config("ready", |c| c["ready"] == true).await;
+
+    // Issued by a clock a few seconds ahead of this node's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let early = ca.leaf_with(spiffe("web", "frontend").as_str(), now + 3, now + 3600);
+    write_identity(&dir.path().join("identity"), &early, &ca.pem());
+    a.wait_metric(
+        "weft_config_reload_errors_total",
+        &["kind=\"identity\""],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        generation("identity")(&a.config().await),
+        1,
+        "refused while early"
+    );
+
+    // The same files, unchanged, are taken once their time has come.
+    a.wait_config("the early certificate", |c| generation("identity")(c) == 2)
+        .await;
+}
