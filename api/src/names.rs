@@ -13,6 +13,11 @@ pub const ADMIN_PORT: u16 = 7191;
 /// The UID the proxy runs as; its own traffic is never redirected.
 pub const PROXY_UID: u32 = 7102;
 
+/// The ALPN protocol the proxies offer each other: it tells mesh TLS apart
+/// from other TLS arriving at a pod (an HTTPS probe, a TLS client outside
+/// the mesh), which the inbound proxy passes through untouched.
+pub const MESH_ALPN: &[u8] = b"weft/1";
+
 /// Where the routing table is mounted in the pod.
 pub const ROUTES_DIR: &str = "/var/run/weft/routes";
 /// Where the workload identity is mounted in the pod.

@@ -1,9 +1,10 @@
 //! The inbound side: connections to the pod, redirected here.
 //!
-//! A connection that opens with a TLS handshake record is mesh TLS: it is
-//! terminated with a required, verified client certificate, and the client's
-//! identity is authorized. Anything else is plaintext, accepted only where
-//! the port's mTLS mode is permissive. An allowed connection is relayed to
+//! A connection that opens with a ClientHello offering the mesh's ALPN
+//! protocol is mesh TLS: it is terminated with a required, verified client
+//! certificate, and the client's identity is authorized. Anything else —
+//! plaintext, or TLS that is not ours, such as an HTTPS probe — is passed
+//! through as bytes, only where the port's mTLS mode is permissive. An allowed connection is relayed to
 //! the application on loopback at the original port; a denied one is closed
 //! and counted, never forwarded.
 
@@ -15,15 +16,21 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use weft_api::SpiffeId;
 
+use weft_api::names::MESH_ALPN;
+
 use crate::authz::authorize;
+use crate::client_hello::{self, Hello};
 use crate::metrics::{DeniedLabels, Direction, count};
 use crate::orig_dst::OriginalDst;
 use crate::relay::{conn_labels, connect, relay};
 use crate::state::State;
 use crate::tls;
 
-/// The first byte of a TLS handshake record.
-const TLS_HANDSHAKE: u8 = 0x16;
+/// The largest first record we wait for: a TLS record's maximum plus header.
+const MAX_HELLO: usize = 16 * 1024 + 5;
+/// How long to wait before peeking again at a ClientHello split across
+/// segments (rare: our proxies' hellos fit one segment).
+const PEEK_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub struct Inbound {
     pub state: Arc<State>,
@@ -50,19 +57,45 @@ impl Inbound {
             self.deny(peer, None, "addressed_to_proxy");
             return;
         }
-        if self.opens_with_tls(&stream).await {
+        if self.is_mesh_tls(&stream).await {
             self.mesh_tls(stream, peer, dst).await;
         } else {
+            // Plaintext, or TLS that is not ours (an HTTPS probe, a client
+            // outside the mesh): passed to the app as bytes if the port's
+            // mode allows what is not mesh TLS.
             self.admit(stream, peer, dst, None).await;
         }
     }
 
-    async fn opens_with_tls(&self, stream: &TcpStream) -> bool {
-        let mut first = [0u8; 1];
-        matches!(
-            tokio::time::timeout(self.detect_timeout, stream.peek(&mut first)).await,
-            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
-        )
+    /// Whether the client opens with a ClientHello offering the mesh's ALPN
+    /// protocol. Waits up to the detect timeout for the client's first
+    /// record; a client that sends nothing first (a server-first protocol)
+    /// is not mesh TLS.
+    async fn is_mesh_tls(&self, stream: &TcpStream) -> bool {
+        let deadline = tokio::time::Instant::now() + self.detect_timeout;
+        let mut buf = vec![0u8; 512];
+        loop {
+            let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+            let n = match peeked {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return false,
+            };
+            match client_hello::parse(&buf[..n], MESH_ALPN) {
+                Hello::ClientHello { offers } => return offers,
+                Hello::Other => return false,
+                Hello::Incomplete(needed) if needed > MAX_HELLO => return false,
+                Hello::Incomplete(needed) => {
+                    if needed > buf.len() {
+                        buf.resize(needed, 0);
+                    } else if tokio::time::Instant::now() >= deadline {
+                        return false;
+                    } else {
+                        // More of the record is on its way: peek again shortly.
+                        tokio::time::sleep(PEEK_RETRY).await;
+                    }
+                }
+            }
+        }
     }
 
     async fn mesh_tls(&self, stream: TcpStream, peer: SocketAddr, dst: SocketAddr) {

@@ -16,6 +16,7 @@ pub mod api_protocol;
 pub mod api_watch;
 pub mod arbiter;
 pub mod authz;
+pub mod client_hello;
 pub mod identity;
 pub mod inbound;
 pub mod init;

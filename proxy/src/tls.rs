@@ -138,6 +138,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.enable_sni = false;
+    config.alpn_protocols = vec![weft_api::names::MESH_ALPN.to_vec()];
     Ok(config)
 }
 
@@ -151,8 +152,10 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-    Ok(ServerConfig::builder_with_provider(provider.clone())
+    let mut config = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key))))
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![weft_api::names::MESH_ALPN.to_vec()];
+    Ok(config)
 }

@@ -167,3 +167,43 @@ async fn a_connection_addressed_to_the_inbound_port_itself_is_refused() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// A TLS ClientHello from a client outside the mesh (no mesh ALPN).
+fn foreign_client_hello() -> Vec<u8> {
+    let config = rustls::ClientConfig::builder_with_provider(weft_proxy::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("app.example").unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello
+}
+
+#[tokio::test]
+async fn tls_that_is_not_mesh_tls_passes_through_where_permissive() {
+    let ca = Ca::new("root");
+    let hello = foreign_client_hello();
+
+    // Permissive: the app gets the client's TLS bytes untouched (an HTTPS
+    // probe reaches an app that terminates TLS itself).
+    let b = Server::start("b", &ca, "shop", "cart", permissive()).await;
+    let echoed = exchange(b.proxy.inbound, &hello).await;
+    assert_eq!(&echoed[..hello.len()], &hello[..]);
+    assert_eq!(&echoed[hello.len()..], b"END b");
+
+    // Strict: refused, never forwarded.
+    let strict = Server::start("s", &ca, "shop", "cart", InboundPolicy::default()).await;
+    assert_eq!(exchange(strict.proxy.inbound, &hello).await, b"");
+    strict
+        .proxy
+        .wait_metric(
+            "weft_connections_denied_total",
+            &["reason=\"plaintext_refused\""],
+            1.0,
+        )
+        .await;
+    assert_eq!(strict.app.accepted(), 0);
+}
