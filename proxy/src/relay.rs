@@ -34,8 +34,7 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                // Small writes (request heads, TLS records) must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
+                tune(&stream);
                 tracker.spawn(handle(stream, peer));
             }
             Err(e) => {
@@ -84,8 +83,20 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
+    tune(&stream);
     Ok(stream)
+}
+
+/// Per-socket options: no Nagle delay for small writes (request heads,
+/// TLS records), and TCP keepalive so a peer that vanished without a FIN
+/// (a crashed node) does not hold a relay and two descriptors forever.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 pub fn conn_labels(direction: Direction, peer: Option<&weft_api::SpiffeId>) -> ConnLabels {
@@ -93,5 +104,27 @@ pub fn conn_labels(direction: Direction, peer: Option<&weft_api::SpiffeId>) -> C
         direction,
         peer_identity: peer.map(|p| p.to_string()).unwrap_or_default(),
         tls: peer.is_some(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_get_nodelay_and_keepalive() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = connect(listener.local_addr().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 6);
     }
 }

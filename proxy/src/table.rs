@@ -65,6 +65,7 @@ impl Table {
     /// at that port; other ports get the namespace default.
     pub fn new(routes: &RoutesTable, pod: &Pod) -> Self {
         let mut targets = HashMap::new();
+        let mut direct = Vec::new();
         let mut inbound_ports = HashMap::new();
         for svc in &routes.services {
             let own_namespace = pod.namespace.as_deref() == Some(svc.namespace.as_str());
@@ -91,6 +92,12 @@ impl Table {
                 for ip in &svc.cluster_ips {
                     targets.insert(SocketAddr::new(*ip, port.port), target.clone());
                 }
+                direct.extend(
+                    port.endpoints
+                        .iter()
+                        .filter(|e| e.identity.is_some() && Some(e.address) != pod.ip)
+                        .map(|e| (svc, e)),
+                );
                 if own_namespace {
                     for ep in &port.endpoints {
                         if Some(ep.address) == pod.ip {
@@ -101,6 +108,28 @@ impl Table {
                     }
                 }
             }
+        }
+        // A meshed pod called by its own address (a headless Service, a
+        // StatefulSet peer) gets mesh TLS too; never this pod itself, whose
+        // calls to itself stay inside the pod.
+        for (svc, e) in direct {
+            let addr = SocketAddr::new(e.address, e.port);
+            targets.entry(addr).or_insert_with(|| {
+                Arc::new(Target {
+                    name: format!("{}/{}@{addr}", svc.namespace, svc.name),
+                    endpoints: vec![Endpoint {
+                        addr,
+                        identity: e.identity.clone(),
+                    }],
+                    connect_timeout: svc
+                        .policy
+                        .outbound
+                        .timeouts
+                        .connect_ms
+                        .map(Duration::from_millis),
+                    next: AtomicUsize::new(0),
+                })
+            });
         }
         Self {
             generation: routes.generation,
@@ -198,6 +227,25 @@ mod tests {
             assert_eq!(target.connect_timeout, Some(Duration::from_millis(250)));
         }
         assert!(table.target(&"198.19.0.1:81".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn meshed_endpoints_are_reachable_by_their_own_address() {
+        let mut r = routes();
+        let id = weft_api::SpiffeId::workload("td", "shop", "cart").unwrap();
+        for ep in &mut r.services[0].ports[0].endpoints {
+            ep.identity = Some(id.clone());
+        }
+        r.services[0].ports[0].endpoints[2].identity = None;
+        let table = Table::new(&r, &pod("web", "198.18.0.1"));
+        // Ready or not, a meshed pod addressed directly gets mesh TLS...
+        let direct = table.target(&"198.18.0.2:9090".parse().unwrap()).unwrap();
+        assert_eq!(direct.endpoints.len(), 1);
+        assert_eq!(direct.endpoints[0].identity.as_ref(), Some(&id));
+        assert_eq!(direct.name, "shop/cart@198.18.0.2:9090");
+        // ...but not this pod itself, nor an unmeshed endpoint.
+        assert!(table.target(&"198.18.0.1:9090".parse().unwrap()).is_none());
+        assert!(table.target(&"198.18.0.3:9090".parse().unwrap()).is_none());
     }
 
     #[test]

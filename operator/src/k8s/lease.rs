@@ -243,6 +243,9 @@ pub async fn run(
     let deadline = config.duration.mul_f64(2.0 / 3.0);
     let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
+        // The renewal counts from before the request: the Lease's renewTime
+        // is taken then, and a follower measures from it.
+        let started = tokio::time::Instant::now();
         let step = tokio::time::timeout(config.renew_every, elector.step(Timestamp::now())).await;
         let renewed = matches!(step, Ok(Ok(Standing::Leading)));
         let standing = match step {
@@ -252,7 +255,7 @@ pub async fn run(
         };
         let leading = standing == Standing::Leading;
         if renewed {
-            last_renewal = Some(tokio::time::Instant::now());
+            last_renewal = Some(started);
         } else if !leading {
             last_renewal = None;
         }
