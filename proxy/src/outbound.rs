@@ -30,6 +30,10 @@ pub struct Outbound {
     pub orig_dst: Arc<dyn OriginalDst>,
     /// Used when the Service's policy sets none.
     pub connect_timeout: Duration,
+    /// This pod's address: an endpoint there is this pod itself, reached
+    /// directly (the proxy's own traffic is not intercepted, so mesh TLS to
+    /// it would land on the app).
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 /// An upstream connection, plain or mesh TLS.
@@ -112,6 +116,9 @@ impl Outbound {
         let Some(expected) = &endpoint.identity else {
             return Ok(Upstream::Plain(stream));
         };
+        if Some(endpoint.addr.ip()) == self.pod_ip {
+            return Ok(Upstream::Plain(stream));
+        }
         let Some(identity) = self.state.identity.load_full() else {
             self.count_failure(&m.tls_failures, "no_identity");
             return Err("no_identity");

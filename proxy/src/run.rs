@@ -286,6 +286,7 @@ pub async fn serve(
         state: state.clone(),
         orig_dst: orig_dst.clone(),
         connect_timeout: args.connect_timeout,
+        pod_ip: args.pod_ip,
     });
     let inbound = Arc::new(Inbound {
         state: state.clone(),

@@ -113,12 +113,16 @@ async fn a_service_policy_applies_to_its_target_port_only() {
     svc.policy.inbound = InboundPolicy::default();
     t.services = vec![svc];
     write_routes(&dir.path().join("routes"), &t);
-    let strict = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", app.addr)).await;
+    let mut cfg = ProxyConfig::new(dir.path(), "shop", "cart", app.addr);
+    cfg.pod_ip = Some("127.0.0.1".parse().unwrap());
+    let strict = Proxy::start(cfg).await;
     assert_eq!(exchange(strict.inbound, b"plain").await, b"");
 
     // The same table, a connection to another port: the default applies.
     let other = EchoApp::start("other").await;
-    let default = Proxy::start(ProxyConfig::new(dir.path(), "shop", "cart", other.addr)).await;
+    let mut cfg = ProxyConfig::new(dir.path(), "shop", "cart", other.addr);
+    cfg.pod_ip = Some("127.0.0.1".parse().unwrap());
+    let default = Proxy::start(cfg).await;
     assert_eq!(exchange(default.inbound, b"plain").await, b"plainEND other");
 }
 

@@ -264,3 +264,21 @@ async fn failed_connect_moves_on_to_another_endpoint() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_call_that_lands_on_this_pod_itself_stays_plain_inside_it() {
+    let ca = Ca::new("root");
+    // The Service's only endpoint is this very pod (a plain app on 127.0.0.1,
+    // meshed as shop/cart): the proxy must not speak TLS to its own app.
+    let app = EchoApp::start("self").await;
+    let svc = cart(app.addr, "cart");
+    let dir = mounts(&ca, "shop", "cart", &{
+        let mut t = table("shop", 1, InboundPolicy::default());
+        t.services = vec![svc];
+        t
+    });
+    let mut cfg = ProxyConfig::new(dir.path(), "shop", "cart", vip());
+    cfg.pod_ip = Some("127.0.0.1".parse().unwrap());
+    let a = Proxy::start(cfg).await;
+    assert_eq!(exchange(a.outbound, b"me").await, b"meEND self");
+}

@@ -89,6 +89,8 @@ pub struct ProxyConfig {
     pub grace: Duration,
     /// Watch routes through this (mock) API server too.
     pub api: Option<ApiFlags>,
+    /// `WEFT_POD_IP`: picks the inbound policy; calls to it stay in the pod.
+    pub pod_ip: Option<std::net::IpAddr>,
 }
 
 /// How a proxy reaches an API server: `--api-server`, token and CA files.
@@ -109,7 +111,7 @@ impl ProxyConfig {
             identity_dir: self.dir.join("identity"),
             pod_name: None,
             pod_namespace: Some(self.namespace.clone()),
-            pod_ip: Some("127.0.0.1".parse().unwrap()),
+            pod_ip: self.pod_ip,
             service_account: Some(self.service_account.clone()),
             outbound_addr: any,
             inbound_addr: any,
@@ -147,6 +149,7 @@ impl ProxyConfig {
             dir: dir.to_path_buf(),
             grace: Duration::from_secs(30),
             api: None,
+            pod_ip: None,
         }
     }
 
