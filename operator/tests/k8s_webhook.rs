@@ -127,6 +127,7 @@ async fn start(options: Options, respond: impl FnMut(&Seen) -> Reply + Send + 's
         identities: Identities {
             client,
             cached: Box::new(move |_, _| cached),
+            accounts: Box::new(move |_, name| name != "made-up"),
             authority: Arc::new(ArcSwapOption::from_pointee(authority.clone())),
             trust_domain: "cluster.local".into(),
             lifetime: Duration::from_secs(24 * 3600),
@@ -321,6 +322,20 @@ async fn webhook_dry_run_creates_no_secret() {
     assert_eq!(response["response"]["patchType"], "JSONPatch");
     let again = server.review(&review).await;
     assert_eq!(again["response"]["allowed"], true);
+    let seen = server.finish().await;
+    assert!(seen.is_empty(), "{:?}", lines(&seen));
+}
+
+#[tokio::test]
+async fn webhook_creates_no_secret_for_an_unknown_service_account() {
+    let server = start(Options::default(), ok).await;
+    let mut review = review();
+    review["request"]["object"]["spec"]["serviceAccountName"] = json!("made-up");
+    let response = server.review(&review).await;
+    // Still injected and allowed: the writer creates the Secret once the
+    // account exists; a forged review cannot make the webhook write one.
+    assert_eq!(response["response"]["allowed"], true);
+    assert_eq!(response["response"]["patchType"], "JSONPatch");
     let seen = server.finish().await;
     assert!(seen.is_empty(), "{:?}", lines(&seen));
 }

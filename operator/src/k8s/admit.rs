@@ -93,6 +93,10 @@ pub struct Identities {
     pub client: kube::Client,
     /// Whether the cache holds the managed Secret `(namespace, name)`.
     pub cached: SecretLookup,
+    /// Whether the cache holds ServiceAccount `(namespace, name)`: only a
+    /// real account gets a Secret, so a forged review cannot make the
+    /// webhook write Secrets for made-up names.
+    pub accounts: SecretLookup,
     /// The current authority (published by the serving-certificate task).
     pub authority: Arc<ArcSwapOption<Authority>>,
     pub trust_domain: String,
@@ -112,6 +116,12 @@ impl Identities {
         let name = identity_secret_name(service_account);
         if (self.cached)(namespace, &name) {
             return Ok(Ensured::Cached);
+        }
+        if !(self.accounts)(namespace, service_account) {
+            return Err(format!(
+                "ServiceAccount {namespace}/{service_account} is not known (yet); \
+                 the writer creates its Secret once it is"
+            ));
         }
         let authority = self
             .authority

@@ -200,7 +200,11 @@ fn start_webhook(
         }),
         identities: Identities {
             client: client.clone(),
-            cached: Box::new(move |ns, name| secrets.has_secret(ns, name)),
+            cached: Box::new({
+                let secrets = secrets.clone();
+                move |ns, name| secrets.has_secret(ns, name)
+            }),
+            accounts: Box::new(move |ns, name| secrets.has_service_account(ns, name)),
             authority,
             trust_domain: settings.mesh.trust_domain.clone(),
             lifetime: settings.cert_lifetime,

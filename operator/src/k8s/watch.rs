@@ -183,6 +183,13 @@ impl Stores {
             .is_some()
     }
 
+    /// Whether ServiceAccount `namespace/name` is cached.
+    pub fn has_service_account(&self, namespace: &str, name: &str) -> bool {
+        self.service_accounts
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some()
+    }
+
     /// The trust anchor Secret, as cached.
     pub fn anchor(&self) -> Option<Arc<Secret>> {
         self.anchor.state().into_iter().next()
