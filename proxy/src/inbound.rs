@@ -137,8 +137,11 @@ impl Inbound {
             return;
         };
         let table = &routes.value;
-        let policy = table.inbound_policy(dst.port());
-        if let Err(denial) = authorize(policy, &table.trust_domain, client.as_ref()) {
+        let verdict = table
+            .inbound_policies(dst.port())
+            .iter()
+            .try_for_each(|policy| authorize(policy, &table.trust_domain, client.as_ref()));
+        if let Err(denial) = verdict {
             self.deny(peer, client.as_ref(), denial.as_str());
             return;
         }

@@ -55,7 +55,9 @@ pub struct Table {
     pub generation: u64,
     pub trust_domain: String,
     targets: HashMap<SocketAddr, Arc<Target>>,
-    inbound_ports: HashMap<u16, InboundPolicy>,
+    /// The policies of every Service of this pod's namespace that lists this
+    /// pod at a port; a connection must satisfy all of them.
+    inbound_ports: HashMap<u16, Vec<InboundPolicy>>,
     inbound_default: InboundPolicy,
 }
 
@@ -101,9 +103,11 @@ impl Table {
                 if own_namespace {
                     for ep in &port.endpoints {
                         if Some(ep.address) == pod.ip {
-                            inbound_ports
-                                .entry(ep.port)
-                                .or_insert_with(|| svc.policy.inbound.clone());
+                            let policies: &mut Vec<InboundPolicy> =
+                                inbound_ports.entry(ep.port).or_default();
+                            if !policies.contains(&svc.policy.inbound) {
+                                policies.push(svc.policy.inbound.clone());
+                            }
                         }
                     }
                 }
@@ -145,11 +149,13 @@ impl Table {
         self.targets.get(addr)
     }
 
-    /// What the inbound side accepts on this pod's `port`.
-    pub fn inbound_policy(&self, port: u16) -> &InboundPolicy {
+    /// What the inbound side accepts on this pod's `port`: every policy
+    /// listed must allow a connection (two Services selecting the same pod
+    /// port do not let the laxer one win).
+    pub fn inbound_policies(&self, port: u16) -> &[InboundPolicy] {
         self.inbound_ports
             .get(&port)
-            .unwrap_or(&self.inbound_default)
+            .map_or(std::slice::from_ref(&self.inbound_default), Vec::as_slice)
     }
 }
 
@@ -249,6 +255,24 @@ mod tests {
     }
 
     #[test]
+    fn two_services_on_one_pod_port_both_apply() {
+        let mut r = routes();
+        let mut lax = r.services[0].clone();
+        lax.name = "cart-admin".into();
+        lax.cluster_ips = vec!["198.19.0.9".parse().unwrap()];
+        lax.policy = Policy::default();
+        lax.policy.inbound.mtls = MtlsMode::Permissive;
+        r.services.insert(0, lax);
+        let table = Table::new(&r, &pod("shop", "198.18.0.1"));
+        let modes: Vec<_> = table
+            .inbound_policies(9090)
+            .iter()
+            .map(|p| p.mtls)
+            .collect();
+        assert_eq!(modes, [MtlsMode::Permissive, MtlsMode::Strict]);
+    }
+
+    #[test]
     fn pick_order_rotates_and_covers_every_endpoint() {
         let table = Table::new(&routes(), &Pod::default());
         let target = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
@@ -265,13 +289,16 @@ mod tests {
     #[test]
     fn inbound_policy_comes_from_the_service_listing_this_pod() {
         let own = Table::new(&routes(), &pod("shop", "198.18.0.2"));
-        assert_eq!(own.inbound_policy(9090).mtls, MtlsMode::Strict);
-        assert_eq!(own.inbound_policy(9091).mtls, MtlsMode::Permissive);
+        assert_eq!(own.inbound_policies(9090)[0].mtls, MtlsMode::Strict);
+        assert_eq!(own.inbound_policies(9091)[0].mtls, MtlsMode::Permissive);
         let not_listed = Table::new(&routes(), &pod("shop", "198.18.0.9"));
-        assert_eq!(not_listed.inbound_policy(9090).mtls, MtlsMode::Permissive);
+        assert_eq!(
+            not_listed.inbound_policies(9090)[0].mtls,
+            MtlsMode::Permissive
+        );
         let other_namespace = Table::new(&routes(), &pod("web", "198.18.0.1"));
         assert_eq!(
-            other_namespace.inbound_policy(9090).mtls,
+            other_namespace.inbound_policies(9090)[0].mtls,
             MtlsMode::Permissive
         );
     }

@@ -211,3 +211,25 @@ async fn tls_that_is_not_mesh_tls_passes_through_where_permissive() {
         .await;
     assert_eq!(strict.app.accepted(), 0);
 }
+
+#[tokio::test]
+async fn two_services_on_one_pod_port_the_stricter_still_holds() {
+    let ca = Ca::new("root");
+    let app = EchoApp::start("b").await;
+    // Both Services list this pod (127.0.0.1) at the app's port: one strict,
+    // one added later with no policy of its own (permissive here).
+    let mut strict = service("cart", "shop", "198.19.0.20", &[(app.addr, None)]);
+    strict.policy.inbound = InboundPolicy::default();
+    let mut lax = service("admin-cart", "shop", "198.19.0.21", &[(app.addr, None)]);
+    lax.policy.inbound = permissive();
+    let mut t = table("shop", 1, permissive());
+    t.services = vec![lax, strict];
+    let dir = mounts(&ca, "shop", "cart", &t);
+    let mut cfg = ProxyConfig::new(dir.path(), "shop", "cart", app.addr);
+    cfg.pod_ip = Some("127.0.0.1".parse().unwrap());
+    let proxy = Proxy::start(cfg).await;
+    proxy.wait_config("ready", |c| c["ready"] == true).await;
+
+    assert_eq!(exchange(proxy.inbound, b"plain").await, b"");
+    assert_eq!(app.accepted(), 0);
+}
