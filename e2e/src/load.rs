@@ -17,21 +17,30 @@ use crate::app::Connection;
 /// Failures kept with their time in the report (all are counted).
 const MAX_LISTED_FAILURES: usize = 50;
 
-#[derive(Debug, Clone)]
+/// What to send; also the flags of `weft-e2e-app load`.
+#[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {
+    #[arg(long)]
     pub target: SocketAddr,
+    #[arg(long, default_value = "/")]
     pub path: String,
     /// Stop after this many requests.
+    #[arg(long)]
     pub requests: Option<u64>,
     /// Stop after this long.
+    #[arg(long, value_parser = weft_api::duration::parse_duration)]
     pub duration: Option<Duration>,
     /// Requests per second, all workers together.
+    #[arg(long, default_value_t = 100.0)]
     pub rate: f64,
     /// Requests in flight at once.
+    #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
     /// Reuse connections instead of opening one per request.
+    #[arg(long)]
     pub keep_alive: bool,
     /// A request not answered within this long fails.
+    #[arg(long, value_parser = weft_api::duration::parse_duration, default_value = "2s")]
     pub timeout: Duration,
 }
 

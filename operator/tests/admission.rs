@@ -5,7 +5,6 @@
 
 mod support;
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{Value, json};
 use support::*;
@@ -39,19 +38,6 @@ fn answer(body: &Value, ns: &Namespace) -> (Decision, Value) {
     let decision = decide(&req, Some(ns), &mesh(MeshedPods::Injected), &cfg());
     let resp = response(&req.uid, &decision);
     (decision, resp)
-}
-
-fn patched(review: &Value, resp: &Value) -> Value {
-    let b64 = resp["response"]["patch"]
-        .as_str()
-        .expect("patch is a base64 string");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    pod
 }
 
 #[test]

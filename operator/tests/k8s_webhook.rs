@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
-use base64::Engine;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
@@ -219,20 +218,6 @@ impl Server {
     }
 }
 
-/// The request's pod with the response's patch applied.
-fn patched(review: &Value, response: &Value) -> Value {
-    let b64 = response["response"]["patch"]
-        .as_str()
-        .expect("patch is a base64 string");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    pod
-}
-
 fn lines(seen: &[Seen]) -> Vec<String> {
     seen.iter().map(Seen::line).collect()
 }
@@ -260,7 +245,7 @@ async fn webhook_injects_the_captured_pod_over_https() {
     assert!(answer["patch"].is_string());
 
     // Applied to the object as sent, it gives the golden injected pod.
-    let pod = patched(&review, &response);
+    let pod = support::patched(&review, &response);
     let golden = format!(
         "{}/tests/golden/inject/admission-pod.out.json",
         env!("CARGO_MANIFEST_DIR")

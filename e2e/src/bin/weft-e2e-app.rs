@@ -47,26 +47,7 @@ enum Command {
     /// Send requests to TARGET and print a JSON report: answers per
     /// replica with first and last times, failures. Stops after
     /// --requests, --duration, or SIGTERM/SIGINT.
-    Load {
-        #[arg(long)]
-        target: SocketAddr,
-        #[arg(long, default_value = "/")]
-        path: String,
-        #[arg(long)]
-        requests: Option<u64>,
-        #[arg(long, value_parser = parse_duration)]
-        duration: Option<Duration>,
-        /// Requests per second, all workers together.
-        #[arg(long, default_value_t = 100.0)]
-        rate: f64,
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        /// Reuse connections instead of opening one per request.
-        #[arg(long)]
-        keep_alive: bool,
-        #[arg(long, value_parser = parse_duration, default_value = "2s")]
-        timeout: Duration,
-    },
+    Load(LoadOptions),
     /// GET PATH from ADDR and print the body; fails unless the status is 2xx.
     Get { addr: SocketAddr, path: String },
     /// Open a TCP connection to ADDR and close it (a readiness probe).
@@ -83,28 +64,7 @@ async fn main() -> ExitCode {
             backend,
             timeout,
         } => weft_e2e::app::serve(listen, name, Role::Frontend { backend, timeout }).await,
-        Command::Load {
-            target,
-            path,
-            requests,
-            duration,
-            rate,
-            concurrency,
-            keep_alive,
-            timeout,
-        } => {
-            let options = LoadOptions {
-                target,
-                path,
-                requests,
-                duration,
-                rate,
-                concurrency,
-                keep_alive,
-                timeout,
-            };
-            load(options).await
-        }
+        Command::Load(options) => load(options).await,
         Command::Get { addr, path } => match weft_e2e::app::get(addr, &path).await {
             Ok((status, body)) => {
                 print!("{body}");

@@ -155,3 +155,19 @@ pub fn cluster(objects: Vec<Object>) -> Cluster {
     }
     c
 }
+
+/// An AdmissionReview's pod with the webhook response's base64 JSONPatch
+/// applied, as the API server would apply it.
+pub fn patched(review: &serde_json::Value, response: &serde_json::Value) -> serde_json::Value {
+    use base64::Engine;
+    let b64 = response["response"]["patch"]
+        .as_str()
+        .expect("patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    pod
+}
