@@ -13,10 +13,22 @@ pub const ADMIN_PORT: u16 = 7191;
 /// The UID the proxy runs as; its own traffic is never redirected.
 pub const PROXY_UID: u32 = 7102;
 
-/// The ALPN protocol the proxies offer each other: it tells mesh TLS apart
-/// from other TLS arriving at a pod (an HTTPS probe, a TLS client outside
-/// the mesh), which the inbound proxy passes through untouched.
+/// The ALPN protocols the proxies offer each other: they tell mesh TLS
+/// apart from other TLS arriving at a pod (an HTTPS probe, a TLS client
+/// outside the mesh), which the inbound proxy passes through untouched, and
+/// say what the connection carries, so the server side need not sniff it.
+/// A client offers exactly one.
 pub const MESH_ALPN: &[u8] = b"weft/1";
+/// Mesh TLS carrying HTTP/1.1 requests.
+pub const MESH_ALPN_HTTP1: &[u8] = b"weft/h1";
+/// Mesh TLS carrying HTTP/2 (and so gRPC) requests.
+pub const MESH_ALPN_HTTP2: &[u8] = b"weft/h2";
+/// Every mesh ALPN protocol; `MESH_ALPN` (opaque bytes) first.
+pub const MESH_ALPNS: [&[u8]; 3] = [MESH_ALPN, MESH_ALPN_HTTP1, MESH_ALPN_HTTP2];
+
+/// Ports whose traffic is never inspected unless a Service says otherwise:
+/// server-first protocols (SMTP, MySQL) and protocols that are never HTTP.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// Where the routing table is mounted in the pod.
 pub const ROUTES_DIR: &str = "/var/run/weft/routes";

@@ -24,6 +24,12 @@ pub struct PortRange {
     pub last: u16,
 }
 
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
 impl fmt::Display for PortRange {
     /// iptables' spelling (`8000:8100`), so generated rules read back
     /// identically from `iptables-save`.

@@ -26,7 +26,7 @@ use crate::scope::{MeshConfig, service_account};
 
 /// Ports whose protocols speak first or are binary: never inspected
 /// (MySQL, SMTP, PostgreSQL, Redis, memcached, …).
-pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub use weft_api::names::DEFAULT_OPAQUE_PORTS;
 
 /// Everything the operator should write.
 #[derive(Debug, Default)]

@@ -1,6 +1,6 @@
 //! Reads the ALPN protocols a TLS ClientHello offers, from bytes peeked off
 //! a socket, so the inbound side can tell mesh TLS (our proxies offer
-//! `weft_api::names::MESH_ALPN`) from any other TLS — an HTTPS probe, a
+//! `weft_api::names::MESH_ALPNS`) from any other TLS — an HTTPS probe, a
 //! client outside the mesh speaking TLS to the app — which it must pass
 //! through rather than terminate.
 
@@ -21,8 +21,9 @@ const ALPN_EXTENSION: u16 = 0x0010;
 /// A TLS record's header: type, version, length.
 const RECORD_HEADER: usize = 5;
 
-/// Parses the first record of `bytes`; `proto` is the ALPN protocol sought.
-pub fn parse(bytes: &[u8], proto: &[u8]) -> Hello {
+/// Parses the first record of `bytes`; `protos` are the ALPN protocols
+/// sought (offering any of them counts).
+pub fn parse(bytes: &[u8], protos: &[&[u8]]) -> Hello {
     if bytes.first() != Some(&HANDSHAKE) {
         return Hello::Other;
     }
@@ -35,7 +36,7 @@ pub fn parse(bytes: &[u8], proto: &[u8]) -> Hello {
     let Some(record) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
         return Hello::Incomplete(RECORD_HEADER + len);
     };
-    match offers(record, proto) {
+    match offers(record, protos) {
         Some(offers) => Hello::ClientHello { offers },
         None => Hello::Other,
     }
@@ -70,9 +71,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Whether the ClientHello in `record` offers `proto`; `None` when the
-/// record does not hold a whole, well-formed ClientHello.
-fn offers(record: &[u8], proto: &[u8]) -> Option<bool> {
+/// Whether the ClientHello in `record` offers one of `protos`; `None` when
+/// the record does not hold a whole, well-formed ClientHello.
+fn offers(record: &[u8], protos: &[&[u8]]) -> Option<bool> {
     let mut r = Reader(record);
     if r.u8()? != CLIENT_HELLO {
         return None;
@@ -89,7 +90,7 @@ fn offers(record: &[u8], proto: &[u8]) -> Option<bool> {
         if kind == ALPN_EXTENSION {
             let mut list = Reader(Reader(data).vec(2)?);
             while !list.0.is_empty() {
-                if list.vec(1)? == proto {
+                if protos.contains(&list.vec(1)?) {
                     return Some(true);
                 }
             }
@@ -124,16 +125,16 @@ mod tests {
     fn finds_the_protocol_among_those_offered() {
         let hello = client_hello(&[b"h2", b"weft/1"]);
         assert_eq!(
-            parse(&hello, b"weft/1"),
+            parse(&hello, &[b"weft/1"]),
             Hello::ClientHello { offers: true }
         );
         assert_eq!(
-            parse(&hello, b"http/1.1"),
+            parse(&hello, &[b"http/1.1"]),
             Hello::ClientHello { offers: false }
         );
         let none = client_hello(&[]);
         assert_eq!(
-            parse(&none, b"weft/1"),
+            parse(&none, &[b"weft/1"]),
             Hello::ClientHello { offers: false }
         );
     }
@@ -141,24 +142,24 @@ mod tests {
     #[test]
     fn asks_for_the_rest_of_a_partial_record() {
         let hello = client_hello(&[b"weft/1"]);
-        assert_eq!(parse(&hello[..3], b"weft/1"), Hello::Incomplete(5));
+        assert_eq!(parse(&hello[..3], &[b"weft/1"]), Hello::Incomplete(5));
         assert_eq!(
-            parse(&hello[..100], b"weft/1"),
+            parse(&hello[..100], &[b"weft/1"]),
             Hello::Incomplete(hello.len())
         );
     }
 
     #[test]
     fn anything_else_is_other() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\n", b"weft/1"), Hello::Other);
-        assert_eq!(parse(b"", b"weft/1"), Hello::Other);
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n", &[b"weft/1"]), Hello::Other);
+        assert_eq!(parse(b"", &[b"weft/1"]), Hello::Other);
         // A handshake record that is not a ClientHello, or is cut short inside.
         assert_eq!(
-            parse(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0], b"weft/1"),
+            parse(&[0x16, 3, 1, 0, 4, 2, 0, 0, 0], &[b"weft/1"]),
             Hello::Other
         );
         assert_eq!(
-            parse(&[0x16, 3, 1, 0, 4, 1, 0, 0, 9], b"weft/1"),
+            parse(&[0x16, 3, 1, 0, 4, 1, 0, 0, 9], &[b"weft/1"]),
             Hello::Other
         );
     }

@@ -17,7 +17,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use weft_api::SpiffeId;
 use weft_api::names::{CERT_FILE, KEY_FILE, TRUST_BUNDLE_FILE};
 
-use crate::tls;
+use crate::tls::{self, MeshProtocol};
 
 /// The raw contents of the identity files.
 pub struct IdentityFiles<'a> {
@@ -38,7 +38,8 @@ pub struct Identity {
     pub id: SpiffeId,
     /// The leaf's notAfter, in seconds since the Unix epoch.
     pub not_after: i64,
-    pub client: Arc<ClientConfig>,
+    /// One client configuration per mesh protocol (they differ in ALPN).
+    clients: [Arc<ClientConfig>; 3],
     pub server: Arc<ServerConfig>,
 }
 
@@ -95,16 +96,24 @@ impl Identity {
             .map_err(|e| IdentityError::KeyMismatch(e.to_string()))?;
         let certified = Arc::new(certified);
         let roots = Arc::new(roots);
+        let client = |protocol| {
+            tls::client_config(provider, roots.clone(), certified.clone(), protocol).map(Arc::new)
+        };
         Ok(Self {
             id,
             not_after,
-            client: Arc::new(tls::client_config(
-                provider,
-                roots.clone(),
-                certified.clone(),
-            )?),
+            clients: [
+                client(MeshProtocol::Opaque)?,
+                client(MeshProtocol::Http1)?,
+                client(MeshProtocol::Http2)?,
+            ],
             server: Arc::new(tls::server_config(provider, roots, certified)?),
         })
+    }
+
+    /// The client configuration that offers `protocol`.
+    pub fn client(&self, protocol: MeshProtocol) -> &Arc<ClientConfig> {
+        &self.clients[protocol as usize]
     }
 }
 

@@ -10,24 +10,35 @@
 //! that installs iptables rules.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod api_client;
 pub mod api_protocol;
 pub mod api_watch;
 pub mod arbiter;
 pub mod authz;
+pub mod balance;
 pub mod client_hello;
+pub mod correlation;
+pub mod detect;
+pub mod hop;
+pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod inbound_http;
 pub mod init;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod outbound_http;
 pub mod relay;
 pub mod reload;
+pub mod retry;
 pub mod routes_doc;
 pub mod run;
+pub mod sniff;
 pub mod state;
 pub mod table;
 pub mod tls;
+pub mod upstream;
 pub mod wait_ready;

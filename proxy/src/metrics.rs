@@ -1,11 +1,15 @@
 //! The proxy's Prometheus metrics. One registry owned by the proxy (no
-//! global), updated once per connection or reload, never per read.
+//! global), updated once per connection, request or reload, never per read.
+//! Label values are bounded: destinations are Service ports, identities are
+//! service accounts, statuses and reasons are fixed sets; never a path.
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 /// Defines a label enum whose values are the given lowercase strings (the
 /// derive would print the variant names as they are spelled in Rust).
@@ -48,6 +52,78 @@ label_enum!(Stream {
     /// Back to the side that opened the connection.
     Response => "response",
 });
+
+label_enum!(
+    /// Whether a response counts as a success, for humans and alerts.
+    Classification {
+        Success => "success",
+        Failure => "failure",
+    }
+);
+
+/// A label value shared by every request to one destination or from one
+/// peer: cloning it is a reference count, not an allocation.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+pub struct Shared(pub Arc<str>);
+
+impl EncodeLabelValue for Shared {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+/// `grpc-status` of a gRPC response; empty for other responses.
+#[derive(Debug, Clone, Copy, Default, Hash, PartialEq, Eq)]
+pub struct GrpcStatus(pub Option<u16>);
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(code) => EncodeLabelValue::encode(&u64::from(code), encoder),
+            None => EncodeLabelValue::encode(&"", encoder),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// Outbound: the Service port called (`namespace/name:port`); inbound:
+    /// the pod's port (`:8080`).
+    pub destination: Shared,
+    /// The verified SPIFFE ID of the other side, or "" without mesh TLS.
+    pub peer_identity: Shared,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    #[prometheus(flatten)]
+    pub request: RequestLabels,
+    pub status_code: u16,
+    pub classification: Classification,
+    pub grpc_status: GrpcStatus,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination: Shared,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub direction: Direction,
+    pub port: u16,
+}
+
+/// Response latency buckets: 1 ms to 30 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnLabels {
@@ -117,6 +193,14 @@ pub struct Metrics {
     pub routes_source_generation: Family<SourceLabels, Gauge>,
     pub api_watch_errors: Family<ReasonLabels, Counter>,
     pub cert_expiry: Gauge,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub retries: Family<DestinationLabels, Counter>,
+    pub request_timeouts: Family<DestinationLabels, Counter>,
+    pub budget_exhausted: Family<DestinationLabels, Counter>,
+    pub ejections: Family<DestinationLabels, Counter>,
+    pub detect_timeouts: Family<PortLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -141,6 +225,14 @@ impl Metrics {
             routes_source_generation: Family::default(),
             api_watch_errors: Family::default(),
             cert_expiry: Gauge::default(),
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            retries: Family::default(),
+            request_timeouts: Family::default(),
+            budget_exhausted: Family::default(),
+            ejections: Family::default(),
+            detect_timeouts: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -199,7 +291,61 @@ impl Metrics {
             "When the workload certificate in use expires",
             m.cert_expiry.clone(),
         );
+        m.register_http();
         m
+    }
+
+    fn register_http(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "weft_requests",
+            "HTTP requests received",
+            self.requests.clone(),
+        );
+        r.register(
+            "weft_responses",
+            "HTTP responses sent, counted when the response ends (gRPC status from trailers)",
+            self.responses.clone(),
+        );
+        r.register(
+            "weft_response_latency_seconds",
+            "Time from receiving a request to the response head",
+            self.latency.clone(),
+        );
+        r.register(
+            "weft_retries",
+            "Requests sent again after a failed attempt",
+            self.retries.clone(),
+        );
+        r.register(
+            "weft_request_timeouts",
+            "Requests answered 504 because the request timeout expired",
+            self.request_timeouts.clone(),
+        );
+        r.register(
+            "weft_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent",
+            self.budget_exhausted.clone(),
+        );
+        r.register(
+            "weft_endpoint_ejections",
+            "Endpoints taken out of rotation by outlier detection",
+            self.ejections.clone(),
+        );
+        r.register(
+            "weft_protocol_detect_timeouts",
+            "Connections whose client sent nothing within the detect timeout; handled as opaque TCP",
+            self.detect_timeouts.clone(),
+        );
+    }
+
+    /// Counts one event of a destination.
+    pub fn count_for(family: &Family<DestinationLabels, Counter>, destination: &Shared) {
+        family
+            .get_or_create(&DestinationLabels {
+                destination: destination.clone(),
+            })
+            .inc();
     }
 
     /// Counts one failure of the routes watch.

@@ -1,26 +1,31 @@
 //! The outbound side: connections the application opens, redirected here.
 //!
-//! A destination in the routing table is a meshed Service: pick a ready
-//! endpoint (round-robin), connect, upgrade to mesh TLS when the endpoint has
-//! an identity and check the server is exactly that identity, then relay. A
-//! failed attempt moves on to the next endpoint. Anything else passes
-//! through to where it was going, untouched.
+//! A destination in the routing table is a meshed Service. Its connections
+//! are sniffed: HTTP is proxied request by request (`outbound_http`);
+//! anything else — an opaque port, bytes that are not HTTP, a client that
+//! waits for the server to speak first — is relayed as bytes to one ready
+//! endpoint (round-robin), over mesh TLS when the endpoint has an identity,
+//! the server checked to be exactly that identity; a failed attempt moves
+//! on to the next endpoint. Anything else passes through to where it was
+//! going, untouched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Direction, Failures, count};
+use crate::access_log::AccessLog;
+use crate::metrics::{Direction, PortLabels, count};
 use crate::orig_dst::OriginalDst;
+use crate::outbound_http::serve_outbound;
 use crate::relay::{conn_labels, connect, relay};
+use crate::sniff::{OpaquePorts, Sniffed, sniff};
 use crate::state::State;
-use crate::table::{Endpoint, Target};
-use crate::tls;
+use crate::table::Target;
+use crate::tls::MeshProtocol;
+use crate::upstream::{Conn, establish};
 
 /// At most this many endpoints are tried for one connection.
 const MAX_ATTEMPTS: usize = 3;
@@ -30,16 +35,14 @@ pub struct Outbound {
     pub orig_dst: Arc<dyn OriginalDst>,
     /// Used when the Service's policy sets none.
     pub connect_timeout: Duration,
-    /// This pod's address: an endpoint there is this pod itself, reached
-    /// directly (the proxy's own traffic is not intercepted, so mesh TLS to
-    /// it would land on the app).
-    pub pod_ip: Option<std::net::IpAddr>,
-}
-
-/// An upstream connection, plain or mesh TLS.
-enum Upstream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// How long to wait for the application's first bytes before treating
+    /// the connection as opaque (a server-first protocol).
+    pub detect_timeout: Duration,
+    /// Ports never inspected, whatever the table says.
+    pub opaque_ports: OpaquePorts,
+    pub access_log: AccessLog,
+    /// Asks HTTP connections to finish their requests and close.
+    pub shutdown: CancellationToken,
 }
 
 impl Outbound {
@@ -57,9 +60,27 @@ impl Outbound {
             return;
         }
         let routes = self.state.routes.load_full();
-        match routes.as_ref().and_then(|r| r.value.target(&dst)) {
-            Some(target) => self.mesh(client, target).await,
-            None => self.passthrough(client, dst).await,
+        let Some(target) = routes.as_ref().and_then(|r| r.value.target(&dst)).cloned() else {
+            return self.passthrough(client, dst).await;
+        };
+        drop(routes);
+        if target.is_opaque() || self.opaque_ports.contains(dst.port()) {
+            return self.mesh_tcp(client, &target).await;
+        }
+        match sniff(&client, self.detect_timeout).await {
+            Sniffed::Http(version) => serve_outbound(self, client, dst, version).await,
+            Sniffed::Opaque => self.mesh_tcp(client, &target).await,
+            Sniffed::Timeout => {
+                self.state
+                    .metrics
+                    .detect_timeouts
+                    .get_or_create(&PortLabels {
+                        direction: Direction::Outbound,
+                        port: dst.port(),
+                    })
+                    .inc();
+                self.mesh_tcp(client, &target).await;
+            }
         }
     }
 
@@ -70,81 +91,48 @@ impl Outbound {
                 relay(&self.state.metrics, labels, client, upstream).await;
             }
             Err(e) => {
-                self.count_failure(&self.state.metrics.connect_failures, "connect");
+                count(
+                    &self.state.metrics.connect_failures,
+                    Direction::Outbound,
+                    "connect",
+                );
                 tracing::debug!(%dst, error = %e, "passthrough connect failed");
             }
         }
     }
 
-    async fn mesh(&self, client: TcpStream, target: &Target) {
-        let timeout = target.connect_timeout.unwrap_or(self.connect_timeout);
-        for endpoint in target.pick_order().take(MAX_ATTEMPTS) {
-            match self.establish(endpoint, timeout).await {
-                Ok(Upstream::Plain(s)) => {
-                    let labels = conn_labels(Direction::Outbound, None);
-                    return relay(&self.state.metrics, labels, client, s).await;
-                }
-                Ok(Upstream::Tls(s)) => {
-                    let labels = conn_labels(Direction::Outbound, endpoint.identity.as_ref());
-                    return relay(&self.state.metrics, labels, client, s).await;
+    /// Relays the connection as bytes to one endpoint of the target (a
+    /// traffic split applies per connection), trying the next endpoint when
+    /// one cannot be reached.
+    async fn mesh_tcp(&self, client: TcpStream, target: &Target) {
+        let backend = target.backend();
+        let timeout = backend.connect_timeout.unwrap_or(self.connect_timeout);
+        for endpoint in backend.pick_order().take(MAX_ATTEMPTS) {
+            let identity = endpoint.identity.as_ref();
+            let established = establish(
+                &self.state,
+                Direction::Outbound,
+                endpoint.addr,
+                identity,
+                MeshProtocol::Opaque,
+                timeout,
+            )
+            .await;
+            match established {
+                Ok(upstream) => {
+                    let labels = conn_labels(Direction::Outbound, identity);
+                    return relay::<_, Conn>(&self.state.metrics, labels, client, upstream).await;
                 }
                 Err(reason) => {
                     tracing::warn!(
                         target = %target.name,
                         endpoint = %endpoint.addr,
-                        reason,
+                        %reason,
                         "endpoint failed; trying the next"
                     );
                 }
             }
         }
         tracing::warn!(target = %target.name, "no endpoint could be reached; closing");
-    }
-
-    /// Connects to `endpoint` and, if it is meshed, completes mesh TLS and
-    /// checks its identity. Errors are counted here and returned as a reason.
-    async fn establish(
-        &self,
-        endpoint: &Endpoint,
-        timeout: Duration,
-    ) -> Result<Upstream, &'static str> {
-        let m = &self.state.metrics;
-        let stream = connect(endpoint.addr, timeout).await.map_err(|_| {
-            self.count_failure(&m.connect_failures, "connect");
-            "connect"
-        })?;
-        let Some(expected) = &endpoint.identity else {
-            return Ok(Upstream::Plain(stream));
-        };
-        if Some(endpoint.addr.ip()) == self.pod_ip {
-            return Ok(Upstream::Plain(stream));
-        }
-        let Some(identity) = self.state.identity.load_full() else {
-            self.count_failure(&m.tls_failures, "no_identity");
-            return Err("no_identity");
-        };
-        let connector = TlsConnector::from(identity.value.client.clone());
-        let name = ServerName::IpAddress(endpoint.addr.ip().into());
-        let tls = tokio::time::timeout(timeout, connector.connect(name, stream))
-            .await
-            .map_err(|_| "handshake_timeout")
-            .and_then(|r| r.map_err(|_| "handshake"))
-            .inspect_err(|reason| self.count_failure(&m.tls_failures, reason))?;
-        let peer = tls::peer_identity(tls.get_ref().1.peer_certificates());
-        if peer.as_ref() != Some(expected) {
-            self.count_failure(&m.tls_failures, "identity_mismatch");
-            tracing::error!(
-                endpoint = %endpoint.addr,
-                %expected,
-                found = ?peer,
-                "server identity does not match the routing table"
-            );
-            return Err("identity_mismatch");
-        }
-        Ok(Upstream::Tls(Box::new(tls)))
-    }
-
-    fn count_failure(&self, family: &Failures, reason: &'static str) {
-        count(family, Direction::Outbound, reason);
     }
 }

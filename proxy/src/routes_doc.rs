@@ -161,7 +161,7 @@ mod tests {
     fn pod() -> Pod {
         Pod {
             namespace: Some("web".into()),
-            ip: None,
+            ..Pod::default()
         }
     }
 

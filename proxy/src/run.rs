@@ -14,17 +14,21 @@ use tokio_util::task::TaskTracker;
 use weft_api::duration::parse_duration;
 use weft_api::names::{self, env};
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::api_client::{ApiServer, IN_CLUSTER_CA_FILE, IN_CLUSTER_TOKEN_FILE};
 use crate::api_watch;
 use crate::identity::Expected;
 use crate::inbound::Inbound;
+use crate::metrics::Direction;
 use crate::orig_dst::{OriginalDst, SoOriginalDst};
 use crate::outbound::Outbound;
 use crate::relay::accept_loop;
 use crate::reload::{self, Loader, Pacing};
+use crate::sniff::OpaquePorts;
 use crate::state::State;
 use crate::table::Pod;
+use crate::upstream::Upstreams;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LogFormat {
@@ -75,10 +79,17 @@ pub struct RunArgs {
     /// Connect timeout when a Service's policy sets none.
     #[arg(long, env = "WEFT_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub connect_timeout: Duration,
-    /// Wait this long for an inbound client's first byte before treating
-    /// the connection as plaintext.
+    /// Wait this long for a client's first bytes before treating the
+    /// connection as opaque TCP (a protocol where the server speaks first).
     #[arg(long, env = "WEFT_DETECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
     pub detect_timeout: Duration,
+    /// Ports never inspected (comma-separated ports and ranges), besides
+    /// the defaults: 25, 587, 3306, 4444, 5432, 6379, 9300, 11211.
+    #[arg(long, env = "WEFT_OPAQUE_PORTS", value_parser = OpaquePorts::parse, default_value = "")]
+    pub opaque_ports: OpaquePorts,
+    /// One JSON line per HTTP request on standard output.
+    #[arg(long, env = "WEFT_ACCESS_LOG", value_enum, default_value = "off")]
+    pub access_log: AccessLog,
     /// Reload this long after the last change event.
     #[arg(long, env = "WEFT_RELOAD_DEBOUNCE", value_parser = parse_duration, default_value = "50ms")]
     pub reload_debounce: Duration,
@@ -243,6 +254,7 @@ pub async fn serve(
         Pod {
             namespace: args.pod_namespace.clone(),
             ip: args.pod_ip,
+            upstreams: Arc::default(),
         },
         Expected {
             namespace: args.pod_namespace.clone(),
@@ -286,13 +298,20 @@ pub async fn serve(
         state: state.clone(),
         orig_dst: orig_dst.clone(),
         connect_timeout: args.connect_timeout,
-        pod_ip: args.pod_ip,
+        detect_timeout: args.detect_timeout,
+        opaque_ports: args.opaque_ports.clone(),
+        access_log: args.access_log,
+        shutdown: shutdown.clone(),
     });
     let inbound = Arc::new(Inbound {
         state: state.clone(),
         orig_dst,
         detect_timeout: args.detect_timeout,
         connect_timeout: args.connect_timeout,
+        opaque_ports: args.opaque_ports.clone(),
+        access_log: args.access_log,
+        shutdown: shutdown.clone(),
+        apps: Upstreams::new(Direction::Inbound),
     });
     tracing::info!(
         outbound = %args.outbound_addr,

@@ -19,6 +19,32 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use weft_api::SpiffeId;
 use x509_parser::extensions::GeneralName;
 
+/// What a mesh TLS connection carries, told by its ALPN protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshProtocol {
+    /// Bytes, relayed as they are.
+    Opaque,
+    Http1,
+    Http2,
+}
+
+impl MeshProtocol {
+    pub const ALL: [Self; 3] = [Self::Opaque, Self::Http1, Self::Http2];
+
+    pub fn alpn(self) -> &'static [u8] {
+        match self {
+            Self::Opaque => weft_api::names::MESH_ALPN,
+            Self::Http1 => weft_api::names::MESH_ALPN_HTTP1,
+            Self::Http2 => weft_api::names::MESH_ALPN_HTTP2,
+        }
+    }
+
+    /// The protocol a finished handshake agreed on.
+    pub fn negotiated(alpn: Option<&[u8]>) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| Some(p.alpn()) == alpn)
+    }
+}
+
 /// The one crypto provider of the whole proxy.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -127,6 +153,7 @@ pub fn client_config(
     provider: &Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     key: Arc<CertifiedKey>,
+    protocol: MeshProtocol,
 ) -> Result<ClientConfig, rustls::Error> {
     let verifier = ChainOnlyServerVerifier {
         roots,
@@ -138,7 +165,7 @@ pub fn client_config(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.enable_sni = false;
-    config.alpn_protocols = vec![weft_api::names::MESH_ALPN.to_vec()];
+    config.alpn_protocols = vec![protocol.alpn().to_vec()];
     Ok(config)
 }
 
@@ -156,6 +183,6 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
-    config.alpn_protocols = vec![weft_api::names::MESH_ALPN.to_vec()];
+    config.alpn_protocols = MeshProtocol::ALL.map(|p| p.alpn().to_vec()).to_vec();
     Ok(config)
 }

@@ -22,15 +22,21 @@ async fn strict_mode_refuses_plaintext_and_never_forwards_it() {
     let ca = Ca::new("root");
     let b = Server::start("b", &ca, "shop", "cart", InboundPolicy::default()).await;
 
-    assert_eq!(
-        exchange(b.proxy.inbound, b"GET / HTTP/1.1\r\n\r\n").await,
-        b""
+    // Bytes that are not HTTP: the connection is closed unanswered.
+    assert_eq!(exchange(b.proxy.inbound, b"plain").await, b"");
+    // HTTP is answered 403, naming the reason.
+    let answer = exchange(b.proxy.inbound, b"GET / HTTP/1.1\r\nHost: cart\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(
+        answer.contains("weft-error: plaintext_refused\r\n"),
+        "{answer}"
     );
     b.proxy
         .wait_metric(
             "weft_connections_denied_total",
             &["reason=\"plaintext_refused\""],
-            1.0,
+            2.0,
         )
         .await;
     assert_eq!(b.app.accepted(), 0);

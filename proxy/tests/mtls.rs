@@ -154,7 +154,13 @@ async fn expired_server_certificate_is_refused() {
 /// whether the app's greeting came back.
 async fn raw_mesh_client(inbound: std::net::SocketAddr, ca: &Ca, leaf: &Leaf) -> Vec<u8> {
     let provider = weft_proxy::tls::provider();
-    let config = weft_proxy::tls::client_config(&provider, roots(ca), certified(leaf)).unwrap();
+    let config = weft_proxy::tls::client_config(
+        &provider,
+        roots(ca),
+        certified(leaf),
+        weft_proxy::tls::MeshProtocol::Opaque,
+    )
+    .unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(inbound).await.unwrap();
     let Ok(mut tls) = connector

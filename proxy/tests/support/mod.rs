@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -121,6 +122,8 @@ impl ProxyConfig {
             shutdown_grace_period: self.grace,
             connect_timeout: Duration::from_secs(2),
             detect_timeout: Duration::from_millis(300),
+            opaque_ports: weft_proxy::sniff::OpaquePorts::parse("").unwrap(),
+            access_log: weft_proxy::access_log::AccessLog::Off,
             reload_debounce: Duration::from_millis(10),
             reload_poll: Duration::from_millis(250),
             threads: 1,

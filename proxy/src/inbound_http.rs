@@ -1,0 +1,151 @@
+//! Inbound HTTP: requests of an admitted connection go to the application
+//! on loopback over a pooled connection, with the request ID kept (or made,
+//! for a client outside the mesh) and returned; a client the port's policy
+//! does not allow gets 403 with the reason in `weft-error`, per request.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::uri::Authority;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use weft_api::SpiffeId;
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::correlation::{REQUEST_ID, ensure_request_id, ensure_traceparent};
+use crate::hop::strip_hop_by_hop;
+use crate::http::{
+    Completion, Inner, Observed, ResponseBody, absolute_uri, error_response, serve, tunnel,
+    wants_tunnel,
+};
+use crate::inbound::Inbound;
+use crate::metrics::{ConnLabels, Direction, RequestLabels, Shared};
+use crate::state::State;
+use crate::upstream::{HttpClient, HttpVersion};
+
+/// What every request of one inbound connection shares.
+pub struct InboundConn {
+    state: Arc<State>,
+    app: HttpClient,
+    /// The app's address, the authority of requests that name none.
+    authority: Authority,
+    version: HttpVersion,
+    /// `Err(reason)` when the client is not allowed on this port.
+    verdict: Result<(), &'static str>,
+    labels: RequestLabels,
+    access_log: AccessLog,
+}
+
+impl InboundConn {
+    pub fn new(
+        inbound: &Arc<Inbound>,
+        app: SocketAddr,
+        client: Option<SpiffeId>,
+        verdict: Result<(), &'static str>,
+        version: HttpVersion,
+    ) -> Arc<Self> {
+        let upstream = inbound.apps.get(app, None);
+        let pooled = upstream.client(version, &inbound.state, inbound.connect_timeout);
+        let peer = client.as_ref().map(ToString::to_string).unwrap_or_default();
+        Arc::new(Self {
+            state: inbound.state.clone(),
+            app: pooled.clone(),
+            authority: Authority::try_from(app.to_string())
+                .unwrap_or_else(|_| Authority::from_static("localhost")),
+            version,
+            verdict,
+            labels: RequestLabels {
+                direction: Direction::Inbound,
+                destination: Shared(format!(":{}", app.port()).into()),
+                tls: client.is_some(),
+                peer_identity: Shared(peer.into()),
+            },
+            access_log: inbound.access_log,
+        })
+    }
+
+    /// The connection's labels for the connection counters.
+    pub fn conn_labels(&self) -> ConnLabels {
+        ConnLabels {
+            direction: Direction::Inbound,
+            peer_identity: self.labels.peer_identity.0.to_string(),
+            tls: self.labels.tls,
+        }
+    }
+}
+
+/// Serves the connection until it ends or shutdown asks it to close.
+pub async fn serve_inbound<S>(
+    conn: Arc<InboundConn>,
+    stream: S,
+    version: HttpVersion,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&conn, req).await) }
+    });
+    serve(stream, version, service, shutdown).await;
+}
+
+async fn handle(conn: &InboundConn, mut req: Request<Incoming>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let request_id = ensure_request_id(req.headers_mut());
+    ensure_traceparent(req.headers_mut());
+    let m = &conn.state.metrics;
+    m.requests.get_or_create(&conn.labels).inc();
+    let mut completion = Completion::new(conn.state.clone(), conn.labels.clone(), start);
+    completion.access = AccessRecord::start(
+        conn.access_log,
+        Direction::Inbound,
+        &req,
+        &conn.labels.peer_identity.0,
+        &request_id,
+    );
+    let mut response = match conn.verdict {
+        Err(reason) => error_response(StatusCode::FORBIDDEN, reason),
+        Ok(()) => forward(conn, req).await,
+    };
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    completion.head(response.headers(), response.status());
+    response.map(|body| Observed::new(body, completion))
+}
+
+/// Sends the request to the application; an upgrade becomes a tunnel.
+async fn forward(conn: &InboundConn, mut req: Request<Incoming>) -> Response<Inner> {
+    let upgrade = wants_tunnel(&req);
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    absolute_uri(&mut req, &conn.authority);
+    if conn.version == HttpVersion::Http2 {
+        *req.version_mut() = Version::HTTP_2;
+    }
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    match conn.app.request(req.map(Either::Left)).await {
+        Ok(mut response) => {
+            if let Some(client) = on_upgrade {
+                tunnel(client, &mut response);
+            }
+            let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            strip_hop_by_hop(response.headers_mut(), keep_upgrade);
+            response.map(Either::Left)
+        }
+        Err(e) if e.is_connect() => {
+            tracing::info!(error = %e, "application refused the connection");
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "application refused the connection",
+            )
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "application reset the request");
+            error_response(StatusCode::BAD_GATEWAY, "application reset the request")
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Outbound HTTP: every request of an application's connection to a meshed
+//! Service is routed on its own — traffic split, endpoint chosen by the
+//! balancer, pooled (mesh TLS) connection to it, request timeout, retries
+//! within the budget — and tagged with a request ID and trace context.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use tokio::net::TcpStream;
+
+use crate::access_log::AccessRecord;
+use crate::balance::{InFlight, Outcome};
+use crate::correlation::{REQUEST_ID, ensure_request_id, ensure_traceparent};
+use crate::hop::strip_hop_by_hop;
+use crate::http::{
+    Completion, Inner, Observed, ResponseBody, absolute_uri, error_response, serve, settle, tunnel,
+    upstream_version, wants_tunnel,
+};
+use crate::metrics::{Direction, Metrics, RequestLabels, Shared};
+use crate::outbound::Outbound;
+use crate::retry::{Failure, MAX_BUFFERED_BODY};
+use crate::table::{Backend, Endpoint, Target};
+use crate::upstream::{ConnectError, RequestBody};
+
+/// Serves an application connection detected as HTTP.
+pub async fn serve_outbound(
+    outbound: Arc<Outbound>,
+    client: TcpStream,
+    dst: SocketAddr,
+    version: crate::upstream::HttpVersion,
+) {
+    let authority = Authority::try_from(dst.to_string()).ok();
+    let shutdown = outbound.shutdown.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let outbound = outbound.clone();
+        let authority = authority.clone();
+        async move { Ok::<_, Infallible>(handle(&outbound, dst, authority, req).await) }
+    });
+    serve(client, version, service, shutdown).await;
+}
+
+async fn handle(
+    outbound: &Arc<Outbound>,
+    dst: SocketAddr,
+    authority: Option<Authority>,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let request_id = ensure_request_id(req.headers_mut());
+    ensure_traceparent(req.headers_mut());
+    let target = outbound
+        .state
+        .routes
+        .load()
+        .as_ref()
+        .and_then(|r| r.value.target(&dst).cloned());
+    let state = outbound.state.clone();
+    let Some(target) = target else {
+        // The Service left the table while its connection was open.
+        let labels = labels(Shared::default(), None);
+        let completion = Completion::new(state, labels, start);
+        return finish(
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "no route"),
+            completion,
+        );
+    };
+    if let Some(authority) = &authority {
+        absolute_uri(&mut req, authority);
+    }
+    let record = AccessRecord::start(
+        outbound.access_log,
+        Direction::Outbound,
+        &req,
+        "",
+        &request_id,
+    );
+    let mut call = Call {
+        outbound,
+        target: &target,
+        start,
+        last: None,
+    };
+    let mut response = call.run(req).await;
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    let endpoint = call.last.as_ref().map(|l| &l.backend.endpoints[l.index]);
+    let mut completion =
+        Completion::new(state, labels(Shared(target.name.clone()), endpoint), start);
+    completion.in_flight = call.last.take().map(|l| (l.in_flight, l.backend));
+    completion.access = record;
+    finish(response, completion)
+}
+
+fn labels(destination: Shared, endpoint: Option<&Endpoint>) -> RequestLabels {
+    RequestLabels {
+        direction: Direction::Outbound,
+        destination,
+        peer_identity: endpoint.map(|e| e.peer.clone()).unwrap_or_default(),
+        tls: endpoint.is_some_and(|e| e.identity.is_some()),
+    }
+}
+
+/// Wraps the response so that its end is recorded.
+fn finish(response: Response<Inner>, mut completion: Completion) -> Response<ResponseBody> {
+    completion.head(response.headers(), response.status());
+    response.map(|body| Observed::new(body, completion))
+}
+
+/// One request's way through the target.
+struct Call<'a> {
+    outbound: &'a Arc<Outbound>,
+    target: &'a Target,
+    start: Instant,
+    /// The endpoint of the latest attempt, while its response is pending.
+    last: Option<Sent>,
+}
+
+/// An attempt on its way: the endpoint's in-flight slot.
+struct Sent {
+    in_flight: InFlight,
+    backend: Arc<Backend>,
+    index: usize,
+    at: Instant,
+}
+
+/// A request body that can be sent again, or only once.
+enum Payload {
+    Replayable(Bytes),
+    Once(Incoming),
+    /// The client's body failed while being buffered.
+    Broken,
+}
+
+impl Call<'_> {
+    async fn run(&mut self, req: Request<Incoming>) -> Response<Inner> {
+        let metrics = &self.outbound.state.metrics;
+        let destination = Shared(self.target.name.clone());
+        metrics
+            .requests
+            .get_or_create(&labels(destination.clone(), None))
+            .inc();
+        match self.target.request_timeout {
+            None => self.attempts(req).await,
+            Some(limit) => match tokio::time::timeout(limit, self.attempts(req)).await {
+                Ok(response) => response,
+                Err(_) => {
+                    Metrics::count_for(&metrics.request_timeouts, &destination);
+                    error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
+                }
+            },
+        }
+    }
+
+    /// Sends the request, and again while the retry policy and budget allow.
+    async fn attempts(&mut self, mut req: Request<Incoming>) -> Response<Inner> {
+        let upgrade = wants_tunnel(&req);
+        strip_hop_by_hop(req.headers_mut(), upgrade);
+        let retries = self.target.retries.as_ref().filter(|_| !upgrade);
+        let Some(retries) = retries else {
+            return self.once(req, upgrade).await;
+        };
+        retries.budget.record_request(self.start);
+        let (parts, body) = req.into_parts();
+        let payload = buffer(body).await;
+        if matches!(payload, Payload::Broken) {
+            return error_response(StatusCode::BAD_REQUEST, "request body failed");
+        }
+        let replayable = matches!(payload, Payload::Replayable(_));
+        let mut payload = Some(payload);
+        let mut previous = None;
+        for attempt in 1..=retries.policy.attempts() {
+            let body = match payload.take() {
+                Some(Payload::Replayable(bytes)) => {
+                    payload = Some(Payload::Replayable(bytes.clone()));
+                    Either::Right(Full::new(bytes))
+                }
+                Some(Payload::Once(incoming)) => Either::Left(incoming),
+                Some(Payload::Broken) | None => break,
+            };
+            let req = replica(&parts, body);
+            let per_try = retries.policy.per_try_timeout();
+            let (result, failure) = self.attempt(req, previous, per_try).await;
+            let Some(failure) = failure else {
+                return result.response;
+            };
+            previous = result.endpoint;
+            let last = attempt == retries.policy.attempts();
+            if last
+                || !retries
+                    .policy
+                    .should_retry(&failure, &parts.method, replayable)
+            {
+                return result.response;
+            }
+            let destination = Shared(self.target.name.clone());
+            let metrics = &self.outbound.state.metrics;
+            if !retries.budget.try_withdraw(Instant::now()) {
+                Metrics::count_for(&metrics.budget_exhausted, &destination);
+                return result.response;
+            }
+            Metrics::count_for(&metrics.retries, &destination);
+            self.abandon();
+            tracing::debug!(target = %self.target.name, attempt, ?failure, "retrying");
+        }
+        error_response(StatusCode::BAD_GATEWAY, "no attempt left")
+    }
+
+    /// Settles the latest attempt as failed: a retry replaces it.
+    fn abandon(&mut self) {
+        if let Some(sent) = self.last.take() {
+            let latency = sent.at.elapsed();
+            let metrics = &self.outbound.state.metrics;
+            settle(
+                metrics,
+                sent.in_flight,
+                &sent.backend,
+                latency,
+                Outcome::Failure,
+            );
+        }
+    }
+
+    /// One attempt without retries: the body streams through, upgrades
+    /// become tunnels.
+    async fn once(&mut self, mut req: Request<Incoming>, upgrade: bool) -> Response<Inner> {
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let req = req.map(Either::Left);
+        let (result, _) = self.attempt_raw(req, None, None, on_upgrade).await;
+        result.response
+    }
+
+    async fn attempt(
+        &mut self,
+        req: Request<RequestBody>,
+        previous: Option<usize>,
+        per_try: Option<std::time::Duration>,
+    ) -> (Attempted, Option<Failure>) {
+        self.attempt_raw(req, previous, per_try, None).await
+    }
+
+    /// Sends `req` to an endpoint of the target (another than `previous`
+    /// when there is a choice) and classifies the result.
+    async fn attempt_raw(
+        &mut self,
+        mut req: Request<RequestBody>,
+        previous: Option<usize>,
+        per_try: Option<std::time::Duration>,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> (Attempted, Option<Failure>) {
+        let now = Instant::now();
+        let backend = self.target.backend().clone();
+        let Some(index) = pick(&backend, previous, now) else {
+            tracing::info!(target = %self.target.name, backend = %backend.name, "no ready endpoint");
+            let response = error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints");
+            return (
+                Attempted::new(response, None),
+                Some(Failure::ConnectFailure),
+            );
+        };
+        let endpoint = &backend.endpoints[index];
+        let version = upstream_version(req.version());
+        *req.version_mut() = match version {
+            crate::upstream::HttpVersion::Http1 => req.version(),
+            crate::upstream::HttpVersion::Http2 => http::Version::HTTP_2,
+        };
+        let state = &self.outbound.state;
+        let client = endpoint
+            .upstream
+            .client(version, state, self.outbound.connect_timeout);
+        self.last = Some(Sent {
+            in_flight: endpoint.upstream.stats.begin(),
+            backend: backend.clone(),
+            index,
+            at: now,
+        });
+        let sent = client.request(req);
+        let result = match per_try {
+            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
+            None => Some(sent.await),
+        };
+        let (response, failure) = match result {
+            None => (
+                error_response(StatusCode::GATEWAY_TIMEOUT, "per-try timeout"),
+                Some(Failure::Timeout),
+            ),
+            Some(Err(e)) => failed(&e),
+            Some(Ok(mut response)) => {
+                if let Some(client) = on_upgrade {
+                    tunnel(client, &mut response);
+                }
+                let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(response.headers_mut(), keep_upgrade);
+                let status = response.status();
+                let failure = status.is_server_error().then_some(Failure::Status(status));
+                (response.map(Either::Left), failure)
+            }
+        };
+        (Attempted::new(response, Some(index)), failure)
+    }
+}
+
+/// An attempt's response and the endpoint it went to.
+struct Attempted {
+    response: Response<Inner>,
+    endpoint: Option<usize>,
+}
+
+impl Attempted {
+    fn new(response: Response<Inner>, endpoint: Option<usize>) -> Self {
+        Self { response, endpoint }
+    }
+}
+
+/// An endpoint of `backend`, avoiding `previous` when another is in rotation.
+fn pick(backend: &Backend, previous: Option<usize>, now: Instant) -> Option<usize> {
+    let first = backend.pick(now)?;
+    if Some(first) != previous || backend.endpoints.len() < 2 {
+        return Some(first);
+    }
+    let again = backend.pick(now)?;
+    if again != first {
+        return Some(again);
+    }
+    Some((first + 1) % backend.endpoints.len())
+}
+
+/// The proxy's answer when the client could not get a response.
+fn failed(e: &hyper_util::client::legacy::Error) -> (Response<Inner>, Option<Failure>) {
+    let reason = connect_reason(e);
+    if e.is_connect() {
+        let reason = reason.unwrap_or("connect failed");
+        let response = error_response(StatusCode::BAD_GATEWAY, reason);
+        return (response, Some(Failure::ConnectFailure));
+    }
+    tracing::debug!(error = %e, "upstream request failed");
+    let response = error_response(StatusCode::BAD_GATEWAY, "upstream reset");
+    (response, Some(Failure::Reset))
+}
+
+/// The reason our connector gave, found in the error's chain.
+fn connect_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(ConnectError(reason)) = err.downcast_ref::<ConnectError>() {
+            return Some(reason);
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Reads a body of known length up to [`MAX_BUFFERED_BODY`] so it can be
+/// sent again; anything larger or of unknown length streams once.
+async fn buffer(body: Incoming) -> Payload {
+    let small = body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MAX_BUFFERED_BODY as u64);
+    if !small {
+        return Payload::Once(body);
+    }
+    match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+        Ok(collected) => Payload::Replayable(collected.to_bytes()),
+        Err(_) => Payload::Broken,
+    }
+}
+
+/// A copy of the request head with `body` (extensions are not carried:
+/// they are per-connection state of the server side).
+fn replica(parts: &Parts, body: RequestBody) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}

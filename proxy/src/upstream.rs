@@ -1,0 +1,341 @@
+//! Connections to upstreams: establishing one (TCP, then mesh TLS with the
+//! endpoint's identity checked), and the per-endpoint state that outlives a
+//! routing table — latency and health for balancing, and pooled HTTP
+//! connections, so a reload neither forgets which endpoint is slow nor
+//! drops idle connections to endpoints that are still there.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::{Either, Full};
+use hyper::Uri;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use weft_api::SpiffeId;
+
+use crate::balance::EndpointStats;
+use crate::metrics::{Direction, count};
+use crate::relay::connect;
+use crate::state::State;
+use crate::tls::{self, MeshProtocol};
+
+/// A request body on its way upstream: streamed as received, or replayed
+/// from a buffer (retries).
+pub type RequestBody = Either<Incoming, Full<Bytes>>;
+/// A pooled HTTP client bound to one upstream address.
+pub type HttpClient = Client<Connector, RequestBody>;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// An open upstream connection, plain or mesh TLS.
+pub type Conn = tokio_util::either::Either<TcpStream, TlsStream<TcpStream>>;
+
+/// Why an upstream connection could not be established. The reason is a
+/// fixed string, used in metrics and in `weft-error` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectError(pub &'static str);
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Connects to `addr` and, when `identity` is set, completes mesh TLS
+/// speaking `protocol` and checks the server is exactly that identity.
+/// Failures are counted here.
+pub async fn establish(
+    state: &State,
+    direction: Direction,
+    addr: SocketAddr,
+    identity: Option<&SpiffeId>,
+    protocol: MeshProtocol,
+    timeout: Duration,
+) -> Result<Conn, ConnectError> {
+    let m = &state.metrics;
+    let stream = connect(addr, timeout).await.map_err(|e| {
+        count(&m.connect_failures, direction, "connect");
+        match e.kind() {
+            std::io::ErrorKind::TimedOut => ConnectError("connect timeout"),
+            _ => ConnectError("connect refused"),
+        }
+    })?;
+    let Some(expected) = identity else {
+        return Ok(Conn::Left(stream));
+    };
+    let fail = |reason: &'static str| {
+        count(&m.tls_failures, direction, reason);
+        reason
+    };
+    let Some(own) = state.identity.load_full() else {
+        return Err(ConnectError(fail("no_identity")));
+    };
+    let connector = TlsConnector::from(own.value.client(protocol).clone());
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = match tokio::time::timeout(timeout, connector.connect(name, stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(_)) => return Err(ConnectError(fail("handshake"))),
+        Err(_) => return Err(ConnectError(fail("handshake_timeout"))),
+    };
+    let peer = tls::peer_identity(tls.get_ref().1.peer_certificates());
+    if peer.as_ref() != Some(expected) {
+        tracing::error!(endpoint = %addr, %expected, found = ?peer,
+            "server identity does not match the routing table");
+        return Err(ConnectError(fail("identity_mismatch")));
+    }
+    Ok(Conn::Right(tls))
+}
+
+/// The HTTP version spoken to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    Http1,
+    Http2,
+}
+
+impl HttpVersion {
+    fn mesh_protocol(self) -> MeshProtocol {
+        match self {
+            Self::Http1 => MeshProtocol::Http1,
+            Self::Http2 => MeshProtocol::Http2,
+        }
+    }
+}
+
+/// One upstream address (with the identity it must prove), shared by every
+/// table that lists it.
+pub struct Upstream {
+    pub stats: Arc<EndpointStats>,
+    /// Outbound: an endpoint; inbound: the application, on loopback.
+    direction: Direction,
+    addr: SocketAddr,
+    identity: Option<SpiffeId>,
+    /// The connect timeout of the latest table listing it, in ms (0: the
+    /// proxy's default); shared with its connectors.
+    connect_timeout_ms: Arc<AtomicU64>,
+    http1: OnceLock<HttpClient>,
+    http2: OnceLock<HttpClient>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    fn new(direction: Direction, addr: SocketAddr, identity: Option<SpiffeId>) -> Self {
+        Self {
+            stats: Arc::default(),
+            direction,
+            addr,
+            identity,
+            connect_timeout_ms: Arc::new(AtomicU64::new(0)),
+            http1: OnceLock::new(),
+            http2: OnceLock::new(),
+        }
+    }
+
+    pub fn set_connect_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+        self.connect_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The pooled client speaking `version` to this upstream, made on first
+    /// use. `default_timeout` applies while no policy sets a connect timeout.
+    pub fn client(
+        &self,
+        version: HttpVersion,
+        state: &Arc<State>,
+        default_timeout: Duration,
+    ) -> &HttpClient {
+        let cell = match version {
+            HttpVersion::Http1 => &self.http1,
+            HttpVersion::Http2 => &self.http2,
+        };
+        cell.get_or_init(|| {
+            let connector = Connector {
+                direction: self.direction,
+                addr: self.addr,
+                identity: self.identity.clone(),
+                protocol: version.mesh_protocol(),
+                state: Arc::downgrade(state),
+                timeout_ms: self.connect_timeout_ms.clone(),
+                default_timeout,
+            };
+            http_client(connector, version)
+        })
+    }
+}
+
+fn http_client(connector: Connector, version: HttpVersion) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .http2_only(version == HttpVersion::Http2)
+        .build(connector)
+}
+
+/// Every upstream in use, by address and identity. Only table builds (and
+/// new inbound connections) touch it; requests reach their upstream
+/// through the table.
+pub struct Upstreams {
+    direction: Direction,
+    map: Mutex<HashMap<UpstreamKey, Weak<Upstream>>>,
+}
+
+type UpstreamKey = (SocketAddr, Option<SpiffeId>);
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new(Direction::Outbound)
+    }
+}
+
+impl fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Upstreams")
+    }
+}
+
+impl Upstreams {
+    pub fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            map: Mutex::default(),
+        }
+    }
+
+    /// The upstream for `addr` and `identity`: the one already in use, or a
+    /// new one.
+    pub fn get(&self, addr: SocketAddr, identity: Option<&SpiffeId>) -> Arc<Upstream> {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (addr, identity.cloned());
+        if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
+            return live;
+        }
+        let fresh = Arc::new(Upstream::new(self.direction, addr, identity.cloned()));
+        map.insert(key, Arc::downgrade(&fresh));
+        fresh
+    }
+
+    /// Forgets upstreams no table lists any more.
+    pub fn prune(&self) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, upstream| upstream.strong_count() > 0);
+    }
+}
+
+/// Opens connections for one upstream's pooled client. The request URI is
+/// ignored: it carries the caller's authority, not where to connect.
+#[derive(Clone)]
+pub struct Connector {
+    direction: Direction,
+    addr: SocketAddr,
+    identity: Option<SpiffeId>,
+    protocol: MeshProtocol,
+    /// Weak: the state holds the tables that hold this connector.
+    state: Weak<State>,
+    timeout_ms: Arc<AtomicU64>,
+    default_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Pooled;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let state = this.state.upgrade().ok_or(ConnectError("shutting down"))?;
+            let timeout = match this.timeout_ms.load(Ordering::Relaxed) {
+                0 => this.default_timeout,
+                ms => Duration::from_millis(ms),
+            };
+            let conn = establish(
+                &state,
+                this.direction,
+                this.addr,
+                this.identity.as_ref(),
+                this.protocol,
+                timeout,
+            )
+            .await?;
+            Ok(Pooled(TokioIo::new(conn)))
+        })
+    }
+}
+
+/// A pooled connection, as hyper's client wants it.
+pub struct Pooled(TokioIo<Conn>);
+
+impl Connection for Pooled {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Pooled {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Pooled {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
