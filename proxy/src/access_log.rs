@@ -61,6 +61,14 @@ impl AccessRecord {
 
     /// Writes the line for the finished request.
     pub fn write(&self, status: StatusCode, duration: Duration, bytes: u64) {
+        if let Some(line) = self.line(status, duration, bytes) {
+            // A log line that cannot be written (stdout closed) is dropped.
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
+    }
+
+    /// The JSON line, newline included.
+    fn line(&self, status: StatusCode, duration: Duration, bytes: u64) -> Option<Vec<u8>> {
         let line = Line {
             time: rfc3339(self.start),
             direction: self.direction.as_str(),
@@ -73,11 +81,9 @@ impl AccessRecord {
             peer_identity: &self.peer_identity,
             request_id: &self.request_id,
         };
-        if let Ok(mut json) = serde_json::to_vec(&line) {
-            json.push(b'\n');
-            // A log line that cannot be written (stdout closed) is dropped.
-            let _ = std::io::stdout().lock().write_all(&json);
-        }
+        let mut json = serde_json::to_vec(&line).ok()?;
+        json.push(b'\n');
+        Some(json)
     }
 }
 
@@ -137,7 +143,34 @@ mod tests {
         let req = Request::new(());
         let id = HeaderValue::from_static("id");
         assert!(AccessRecord::start(AccessLog::Off, Direction::Outbound, &req, "", &id).is_none());
-        let on = AccessRecord::start(AccessLog::Json, Direction::Outbound, &req, "p", &id).unwrap();
-        assert_eq!((on.method.as_str(), on.path.as_str()), ("GET", "/"));
+    }
+
+    #[test]
+    fn a_line_holds_the_request_and_its_outcome() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/cart/items?x=1")
+            .header("host", "cart.shop:80")
+            .body(())
+            .unwrap();
+        let id = HeaderValue::from_static("4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
+        let peer = "spiffe://cluster.local/ns/web/sa/frontend";
+        let record = AccessRecord::start(AccessLog::Json, Direction::Inbound, &req, peer, &id);
+        let line = record
+            .unwrap()
+            .line(StatusCode::CREATED, Duration::from_micros(1500), 42)
+            .unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(json["direction"], "inbound");
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["authority"], "cart.shop:80");
+        assert_eq!(json["path"], "/cart/items");
+        assert_eq!(json["status"], 201);
+        assert_eq!(json["durationMs"], 1.5);
+        assert_eq!(json["responseBytes"], 42);
+        assert_eq!(json["peerIdentity"], peer);
+        assert_eq!(json["requestId"], "4bf92f35-77b3-4da6-a3ce-929d0e0e4736");
+        assert!(json["time"].as_str().unwrap().ends_with('Z'));
     }
 }

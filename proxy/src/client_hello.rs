@@ -122,6 +122,17 @@ mod tests {
     }
 
     #[test]
+    fn any_mesh_protocol_counts() {
+        let mesh = weft_api::names::MESH_ALPNS;
+        for alpn in mesh {
+            let hello = client_hello(&[b"h2", alpn]);
+            assert_eq!(parse(&hello, &mesh), Hello::ClientHello { offers: true });
+        }
+        let other = client_hello(&[b"h2", b"weft/9"]);
+        assert_eq!(parse(&other, &mesh), Hello::ClientHello { offers: false });
+    }
+
+    #[test]
     fn finds_the_protocol_among_those_offered() {
         let hello = client_hello(&[b"h2", b"weft/1"]);
         assert_eq!(

@@ -142,6 +142,55 @@ async fn websocket_upgrade_becomes_a_tunnel_through_both_proxies() {
 }
 
 #[tokio::test]
+async fn connect_becomes_a_tunnel_too() {
+    let ca = Ca::new("root");
+    let (_pod, client, _dir) = one_pod(&ca, InboundPolicy::default()).await;
+    let mut conn = h1(client.outbound).await;
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("cart.shop:80")
+        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+        .unwrap();
+    conn.ready().await.unwrap();
+    let response = conn.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    tunnel.write_all(b"through").await.unwrap();
+    let mut echoed = [0u8; 7];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"through");
+}
+
+#[tokio::test]
+async fn a_reload_moves_new_requests_and_lets_in_flight_ones_finish() {
+    let ca = Ca::new("root");
+    let old = WebPod::start(&ca, "old", InboundPolicy::default()).await;
+    let new = WebPod::start(&ca, "new", InboundPolicy::default()).await;
+    let (client, dir) = client_proxy(
+        &ca,
+        vec![web_service("cart", VIP, &[&old], OutboundPolicy::default())],
+    )
+    .await;
+    old.app.delay(std::time::Duration::from_millis(800));
+    let outbound = client.outbound;
+    let in_flight = tokio::spawn(async move { get(outbound, "/").await });
+    while old.app.hits() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut t = table("web", 2, InboundPolicy::default());
+    t.services = vec![web_service("cart", VIP, &[&new], OutboundPolicy::default())];
+    write_routes(&dir.path().join("routes"), &t);
+    client
+        .wait_config("generation 2", |c| c["routes"]["generation"] == 2)
+        .await;
+
+    let after = get(client.outbound, "/").await;
+    assert_eq!((after.status, after.body.as_str()), (200, "new"));
+    let finished = in_flight.await.unwrap();
+    assert_eq!((finished.status, finished.body.as_str()), (200, "old"));
+}
+
+#[tokio::test]
 async fn a_denied_caller_gets_403_naming_the_reason() {
     let ca = Ca::new("root");
     let only_admin = InboundPolicy {

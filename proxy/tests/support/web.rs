@@ -88,6 +88,9 @@ impl WebApp {
     async fn answer(&self, mut req: Request<Incoming>) -> Response<AppBody> {
         self.hits.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(req.headers().clone());
+        if req.method() == http::Method::CONNECT {
+            return tunnel(&mut req, StatusCode::OK);
+        }
         match req.uri().path() {
             "/ws" => upgrade(&mut req),
             "/grpc" => grpc(&req),
@@ -122,6 +125,16 @@ fn full(text: &'static str) -> AppBody {
 
 /// `101`, then echoes what the client sends over the upgraded connection.
 fn upgrade(req: &mut Request<Incoming>) -> Response<AppBody> {
+    let mut response = tunnel(req, StatusCode::SWITCHING_PROTOCOLS);
+    let headers = response.headers_mut();
+    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+    headers.insert("connection", HeaderValue::from_static("upgrade"));
+    response
+}
+
+/// Answers `status`, then echoes what the client sends over the upgraded
+/// connection.
+fn tunnel(req: &mut Request<Incoming>, status: StatusCode) -> Response<AppBody> {
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let mut io = TokioIo::new(on_upgrade.await.unwrap());
@@ -134,10 +147,7 @@ fn upgrade(req: &mut Request<Incoming>) -> Response<AppBody> {
         }
     });
     let mut response = Response::new(full(""));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert("upgrade", HeaderValue::from_static("websocket"));
-    headers.insert("connection", HeaderValue::from_static("upgrade"));
+    *response.status_mut() = status;
     response
 }
 
