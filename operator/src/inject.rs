@@ -8,8 +8,9 @@
 //! else first among the containers with a `postStart` hook that waits for
 //! readiness, so the app starts after the proxy), the routes and identity
 //! volumes, and the `weft.dev/injected` annotation that makes a second pass
-//! change nothing. Annotations on the pod override resources, log level and
-//! skipped ports; an invalid one refuses the pod with a message naming it.
+//! change nothing. Annotations on the pod override resources, log level,
+//! access logs and skipped ports; an invalid one refuses the pod with a
+//! message naming it.
 
 use std::collections::BTreeMap;
 
@@ -50,7 +51,12 @@ pub mod overrides {
     pub const SKIP_INBOUND_PORTS: &str = "weft.dev/skip-inbound-ports";
     pub const SKIP_OUTBOUND_PORTS: &str = "weft.dev/skip-outbound-ports";
     pub const SKIP_SUBNETS: &str = "weft.dev/skip-subnets";
+    /// `json` turns the proxy's access log on (`WEFT_ACCESS_LOG`), `off` off.
+    pub const ACCESS_LOG: &str = "weft.dev/access-log";
 }
+
+/// The proxy's access log setting (`weft-proxy run --access-log`).
+const ACCESS_LOG_ENV: &str = "WEFT_ACCESS_LOG";
 
 /// The proxy's resources; `None` leaves that field unset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +254,8 @@ struct Settings {
     skip_outbound: String,
     skip_subnets: String,
     opaque_ports: String,
+    /// `off` or `json` when the pod sets it; unset leaves the proxy's default.
+    access_log: Option<&'static str>,
 }
 
 impl Settings {
@@ -277,6 +285,7 @@ impl Settings {
             skip_outbound: ports(a, overrides::SKIP_OUTBOUND_PORTS)?,
             skip_subnets: subnets(a)?,
             opaque_ports: ports(a, OPAQUE_PORTS)?,
+            access_log: access_log(a)?,
         })
     }
 }
@@ -291,6 +300,19 @@ fn log_level(a: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result<String,
                 value: v.clone(),
                 reason: format!("is not a log filter (like info or weft_proxy=debug): {e}"),
             }),
+    }
+}
+
+fn access_log(a: &BTreeMap<String, String>) -> Result<Option<&'static str>, InjectError> {
+    match a.get(overrides::ACCESS_LOG).map(String::as_str) {
+        None => Ok(None),
+        Some("off") => Ok(Some("off")),
+        Some("json") => Ok(Some("json")),
+        Some(v) => Err(InjectError {
+            annotation: overrides::ACCESS_LOG,
+            value: v.to_owned(),
+            reason: "is not an access log setting (off or json)".into(),
+        }),
     }
 }
 
@@ -483,6 +505,9 @@ fn proxy_container(settings: &Settings, cfg: &InjectConfig) -> Container {
     if !settings.opaque_ports.is_empty() {
         env_vars.push(value("WEFT_OPAQUE_PORTS", &settings.opaque_ports));
     }
+    if let Some(mode) = settings.access_log {
+        env_vars.push(value(ACCESS_LOG_ENV, mode));
+    }
     let mount = |name: &str, path: &str| VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -594,7 +619,101 @@ fn volumes(spec: &PodSpec) -> Vec<Volume> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_quantity;
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{Container, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use weft_api::routes::MtlsMode;
+
+    use super::{
+        ACCESS_LOG_ENV, InjectConfig, InjectError, PROXY_CONTAINER, Plan, Scope, is_quantity,
+        overrides, plan,
+    };
+    use crate::scope::{MeshConfig, MeshedPods};
+
+    /// Injects a one-container pod carrying `annotations` (native sidecar).
+    fn inject(annotations: &[(&str, &str)]) -> Result<Plan, InjectError> {
+        let meta = ObjectMeta {
+            name: Some("p".into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        };
+        let spec = PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mesh = MeshConfig {
+            trust_domain: "cluster.local".into(),
+            operator_namespace: "weft-system".into(),
+            default_mtls: MtlsMode::Permissive,
+            meshed_pods: MeshedPods::Injected,
+        };
+        plan(
+            &meta,
+            &spec,
+            "shop",
+            Scope::Manual,
+            &mesh,
+            &InjectConfig::default(),
+        )
+    }
+
+    /// The proxy container's `WEFT_ACCESS_LOG` values.
+    fn access_log_env(plan: &Plan) -> Vec<Option<String>> {
+        let Plan::Inject(injection) = plan else {
+            panic!("not injected: {plan:?}");
+        };
+        let proxy = injection
+            .init_containers
+            .iter()
+            .chain(&injection.containers)
+            .find(|c| c.name == PROXY_CONTAINER)
+            .expect("a proxy container");
+        proxy
+            .env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == ACCESS_LOG_ENV)
+            .map(|e| e.value.clone())
+            .collect()
+    }
+
+    #[test]
+    fn access_log_annotation_reaches_the_proxy() {
+        for mode in ["json", "off"] {
+            let plan = inject(&[(overrides::ACCESS_LOG, mode)]).unwrap();
+            assert_eq!(access_log_env(&plan), [Some(mode.to_owned())], "{mode}");
+        }
+    }
+
+    #[test]
+    fn no_access_log_annotation_no_env() {
+        let plan = inject(&[]).unwrap();
+        assert_eq!(access_log_env(&plan), Vec::<Option<String>>::new());
+    }
+
+    #[test]
+    fn invalid_access_log_annotation_refuses_the_pod_naming_it() {
+        for bad in ["JSON", "on", "text", "", " json"] {
+            let err = inject(&[(overrides::ACCESS_LOG, bad)]).unwrap_err();
+            assert_eq!(err.annotation, "weft.dev/access-log");
+            assert_eq!(err.value, bad);
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("annotation weft.dev/access-log: {bad:?} ")),
+                "{msg}"
+            );
+            assert!(msg.contains("off or json"), "{msg}");
+        }
+    }
 
     #[test]
     fn quantities() {

@@ -85,7 +85,11 @@ fn opted_out_pod_is_unchanged() {
 
 #[test]
 fn every_override_annotation() {
-    golden("pod-overrides.yaml", "pod-overrides.out.yaml", true);
+    let out = golden("pod-overrides.yaml", "pod-overrides.out.yaml", true);
+    assert!(
+        out.contains("- name: WEFT_ACCESS_LOG\n      value: json\n"),
+        "{out}"
+    );
 }
 
 #[test]

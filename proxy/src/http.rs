@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_TYPE, HOST};
+use http::header::CONTENT_TYPE;
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -97,21 +97,19 @@ pub fn error_response(status: StatusCode, reason: &'static str) -> Response<Inne
 }
 
 /// Gives an origin-form request (HTTP/1) the absolute URI the pooled client
-/// needs: the `Host` header's authority, else `fallback`. The URI's
-/// authority is carried to the upstream (`:authority`), never used to
-/// connect.
-pub fn absolute_uri<B>(req: &mut Request<B>, fallback: &Authority) {
-    if req.uri().authority().is_some() && req.uri().scheme().is_some() {
+/// needs, with `authority` (the upstream's address: the pool key). The
+/// client then sends origin-form again with the caller's `Host` header
+/// untouched; the URI's authority is never used to connect. Reuses the
+/// caller's path bytes and the shared authority: nothing is copied.
+pub fn absolute_uri<B>(req: &mut Request<B>, authority: &Authority) {
+    if req.uri().scheme().is_some() {
         return;
     }
-    let authority = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-        .unwrap_or_else(|| fallback.clone());
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
+    if parts.authority.is_none() {
+        parts.authority = Some(authority.clone());
+    }
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
