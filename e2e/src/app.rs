@@ -1,6 +1,7 @@
 //! The sample application: `serve` answers every request with its name (a
-//! backend replica); `frontend` answers by calling another Service and
-//! saying who answered (`frontend-0 -> backend-2`). Plain HTTP/1.1 over TCP:
+//! backend replica; `--status 503` makes it a failing one); `frontend`
+//! answers by calling another Service and saying who answered (`frontend-0
+//! -> backend-2`). Plain HTTP/1.1 over TCP:
 //! the mesh adds mutual TLS between the proxies, and what crosses the wire
 //! is easy to recognise.
 //!
@@ -24,8 +25,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// What a server does with a request.
 #[derive(Debug, Clone)]
 pub enum Role {
-    /// Answers `<name>\n`.
-    Backend,
+    /// Answers `<name>\n` with `status` (200, or an error to play a
+    /// failing replica).
+    Backend { status: StatusCode },
     /// Calls `GET /` on `backend` and answers `<name> -> <its answer>\n`,
     /// or 502 `<name> -> error: …` when that fails.
     Frontend {
@@ -71,7 +73,7 @@ impl App {
     async fn handle(&self, _req: Request<Incoming>) -> Response<Full<Bytes>> {
         let name = &self.name;
         match &self.role {
-            Role::Backend => text(StatusCode::OK, format!("{name}\n")),
+            Role::Backend { status } => text(*status, format!("{name}\n")),
             Role::Frontend { backend, timeout } => {
                 match tokio::time::timeout(*timeout, get(*backend, "/")).await {
                     Ok(Ok((status, body))) if (200..300).contains(&status) => {

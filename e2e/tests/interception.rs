@@ -191,6 +191,6 @@ fn plain_client_reaches_a_service_vip_over_mesh_tls() {
         r#"weft_connections_opened_total{direction="inbound",peer_identity="spiffe://cluster.local/ns/web/sa/frontend",tls="true"} 1"#
     ), "{b_metrics}");
     assert!(b_metrics.contains(
-        r#"weft_connections_denied_total{direction="inbound",peer_identity="",reason="plaintext_refused"} 1"#
+        r#"weft_requests_denied_total{direction="inbound",peer_identity="",reason="plaintext_refused"} 1"#
     ), "{b_metrics}");
 }

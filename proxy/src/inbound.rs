@@ -196,7 +196,11 @@ impl Inbound {
     }
 
     /// Authorizes the connection's client against every policy of the port.
-    fn authorize(&self, dst: SocketAddr, client: Option<&SpiffeId>) -> Result<(), &'static str> {
+    pub fn authorize(
+        &self,
+        dst: SocketAddr,
+        client: Option<&SpiffeId>,
+    ) -> Result<(), &'static str> {
         let Some(routes) = self.state.routes.load_full() else {
             return Err("no_routes");
         };
@@ -208,9 +212,8 @@ impl Inbound {
             .map_err(|denial| denial.as_str())
     }
 
-    /// Serves an HTTP connection: requests go to the app over a pooled
-    /// connection; when the client is not allowed, every request is
-    /// answered 403 with the reason.
+    /// Serves an HTTP connection: each request is authorized and goes to
+    /// the app over a pooled connection, or is answered 403 with the reason.
     async fn admit_http<S>(
         self: Arc<Self>,
         stream: S,
@@ -221,15 +224,12 @@ impl Inbound {
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let verdict = self.authorize(dst, client.as_ref());
-        if let Err(reason) = verdict {
-            self.deny(peer, client.as_ref(), reason);
-            if reason == "no_routes" {
-                return;
-            }
+        if self.state.routes.load().is_none() {
+            self.deny(peer, client.as_ref(), "no_routes");
+            return;
         }
         let app = SocketAddr::new(loopback(dst.ip()), dst.port());
-        let conn = InboundConn::new(&self, app, client, verdict, version);
+        let conn = InboundConn::new(&self, dst, app, client, version);
         let labels = conn.conn_labels();
         let m = &self.state.metrics;
         m.opened.get_or_create(&labels).inc();

@@ -1,7 +1,10 @@
 //! Inbound HTTP: requests of an admitted connection go to the application
 //! on loopback over a pooled connection, with the request ID kept (or made,
-//! for a client outside the mesh) and returned; a client the port's policy
-//! does not allow gets 403 with the reason in `weft-error`, per request.
+//! for a client outside the mesh) and returned. Each request is authorized
+//! against the table in use when it arrives: callers keep their pooled
+//! connections open indefinitely, so a verdict per connection would let a
+//! revoked caller in (or keep an allowed one out) until it reconnects. A
+//! request not allowed gets 403 with the reason in `weft-error`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use weft_api::SpiffeId;
 
-use crate::access_log::{AccessLog, AccessRecord};
+use crate::access_log::AccessRecord;
 use crate::correlation::{REQUEST_ID, ensure_request_id, ensure_traceparent};
 use crate::hop::strip_hop_by_hop;
 use crate::http::{
@@ -24,49 +27,66 @@ use crate::http::{
     wants_tunnel,
 };
 use crate::inbound::Inbound;
-use crate::metrics::{ConnLabels, Direction, RequestLabels, Shared};
-use crate::state::State;
+use crate::metrics::{ConnLabels, DeniedLabels, Direction, RequestLabels, Shared};
 use crate::upstream::{HttpClient, HttpVersion};
 
 /// What every request of one inbound connection shares.
 pub struct InboundConn {
-    state: Arc<State>,
+    inbound: Arc<Inbound>,
     app: HttpClient,
     /// The app's address, the authority of requests that name none.
     authority: Authority,
+    /// The original destination: its port selects the inbound policies.
+    dst: SocketAddr,
+    /// The client's verified identity; `None` for plaintext.
+    client: Option<SpiffeId>,
     version: HttpVersion,
-    /// `Err(reason)` when the client is not allowed on this port.
-    verdict: Result<(), &'static str>,
     labels: RequestLabels,
-    access_log: AccessLog,
 }
 
 impl InboundConn {
     pub fn new(
         inbound: &Arc<Inbound>,
+        dst: SocketAddr,
         app: SocketAddr,
         client: Option<SpiffeId>,
-        verdict: Result<(), &'static str>,
         version: HttpVersion,
     ) -> Arc<Self> {
         let upstream = inbound.apps.get(app, None);
         let pooled = upstream.client(version, &inbound.state, inbound.connect_timeout);
         let peer = client.as_ref().map(ToString::to_string).unwrap_or_default();
         Arc::new(Self {
-            state: inbound.state.clone(),
+            inbound: inbound.clone(),
             app: pooled.clone(),
             authority: Authority::try_from(app.to_string())
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
-            version,
-            verdict,
+            dst,
             labels: RequestLabels {
                 direction: Direction::Inbound,
                 destination: Shared(format!(":{}", app.port()).into()),
                 tls: client.is_some(),
                 peer_identity: Shared(peer.into()),
             },
-            access_log: inbound.access_log,
+            client,
+            version,
         })
+    }
+
+    /// Counts (and logs, at debug level: a denied caller may send many) a
+    /// request refused by policy.
+    fn deny(&self, reason: &'static str) {
+        tracing::debug!(client = ?self.client, port = self.dst.port(), reason, "request denied");
+        let labels = DeniedLabels {
+            direction: Direction::Inbound,
+            peer_identity: self.labels.peer_identity.0.to_string(),
+            reason,
+        };
+        self.inbound
+            .state
+            .metrics
+            .requests_denied
+            .get_or_create(&labels)
+            .inc();
     }
 
     /// The connection's labels for the connection counters.
@@ -99,18 +119,21 @@ async fn handle(conn: &InboundConn, mut req: Request<Incoming>) -> Response<Resp
     let start = Instant::now();
     let request_id = ensure_request_id(req.headers_mut());
     ensure_traceparent(req.headers_mut());
-    let m = &conn.state.metrics;
-    m.requests.get_or_create(&conn.labels).inc();
-    let mut completion = Completion::new(conn.state.clone(), conn.labels.clone(), start);
+    let state = &conn.inbound.state;
+    state.metrics.requests.get_or_create(&conn.labels).inc();
+    let mut completion = Completion::new(state.clone(), conn.labels.clone(), start);
     completion.access = AccessRecord::start(
-        conn.access_log,
+        conn.inbound.access_log,
         Direction::Inbound,
         &req,
         &conn.labels.peer_identity.0,
         &request_id,
     );
-    let mut response = match conn.verdict {
-        Err(reason) => error_response(StatusCode::FORBIDDEN, reason),
+    let mut response = match conn.inbound.authorize(conn.dst, conn.client.as_ref()) {
+        Err(reason) => {
+            conn.deny(reason);
+            error_response(StatusCode::FORBIDDEN, reason)
+        }
         Ok(()) => forward(conn, req).await,
     };
     response.headers_mut().insert(REQUEST_ID, request_id);

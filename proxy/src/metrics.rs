@@ -194,6 +194,7 @@ pub struct Metrics {
     pub api_watch_errors: Family<ReasonLabels, Counter>,
     pub cert_expiry: Gauge,
     pub requests: Family<RequestLabels, Counter>,
+    pub requests_denied: Family<DeniedLabels, Counter>,
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<DestinationLabels, Counter>,
@@ -226,6 +227,7 @@ impl Metrics {
             api_watch_errors: Family::default(),
             cert_expiry: Gauge::default(),
             requests: Family::default(),
+            requests_denied: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             retries: Family::default(),
@@ -301,6 +303,11 @@ impl Metrics {
             "weft_requests",
             "HTTP requests received",
             self.requests.clone(),
+        );
+        r.register(
+            "weft_requests_denied",
+            "HTTP requests refused by policy (answered 403, never forwarded)",
+            self.requests_denied.clone(),
         );
         r.register(
             "weft_responses",

@@ -65,6 +65,7 @@ async fn handle(
     let Some(target) = target else {
         // The Service left the table while its connection was open.
         let labels = labels(Shared::default(), None);
+        state.metrics.requests.get_or_create(&labels).inc();
         let completion = Completion::new(state, labels, start);
         return finish(
             error_response(StatusCode::SERVICE_UNAVAILABLE, "no route"),
@@ -89,9 +90,12 @@ async fn handle(
     };
     let mut response = call.run(req).await;
     response.headers_mut().insert(REQUEST_ID, request_id);
+    // Labelled by the endpoint that answered (the last attempt's), like
+    // the response.
     let endpoint = call.last.as_ref().map(|l| &l.backend.endpoints[l.index]);
-    let mut completion =
-        Completion::new(state, labels(Shared(target.name.clone()), endpoint), start);
+    let labels = labels(Shared(target.name.clone()), endpoint);
+    state.metrics.requests.get_or_create(&labels).inc();
+    let mut completion = Completion::new(state, labels, start);
     completion.in_flight = call.last.take().map(|l| (l.in_flight, l.backend));
     completion.access = record;
     finish(response, completion)
@@ -141,10 +145,6 @@ impl Call<'_> {
     async fn run(&mut self, req: Request<Incoming>) -> Response<Inner> {
         let metrics = &self.outbound.state.metrics;
         let destination = Shared(self.target.name.clone());
-        metrics
-            .requests
-            .get_or_create(&labels(destination.clone(), None))
-            .inc();
         match self.target.request_timeout {
             None => self.attempts(req).await,
             Some(limit) => match tokio::time::timeout(limit, self.attempts(req)).await {

@@ -21,7 +21,7 @@ use crate::api_watch;
 use crate::identity::Expected;
 use crate::inbound::Inbound;
 use crate::metrics::Direction;
-use crate::orig_dst::{OriginalDst, SoOriginalDst};
+use crate::orig_dst::{FixedDst, OriginalDst, SoOriginalDst};
 use crate::outbound::Outbound;
 use crate::relay::accept_loop;
 use crate::reload::{self, Loader, Pacing};
@@ -68,6 +68,11 @@ pub struct RunArgs {
     pub inbound_addr: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:7191")]
     pub admin_addr: SocketAddr,
+    /// Without interception (benchmarks, trying the proxy by hand): treat
+    /// every accepted connection as addressed to ADDR instead of reading
+    /// its original destination.
+    #[arg(long, env = "WEFT_ORIGINAL_DST")]
+    pub original_dst: Option<SocketAddr>,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = env::LOG, default_value = "info")]
     pub log: String,
@@ -203,7 +208,11 @@ pub fn main(args: RunArgs) -> Result<()> {
         let listeners = Listeners::bind(&args).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        serve(args, listeners, Arc::new(SoOriginalDst), shutdown).await
+        let orig_dst: Arc<dyn OriginalDst> = match args.original_dst {
+            Some(dst) => Arc::new(FixedDst(dst)),
+            None => Arc::new(SoOriginalDst),
+        };
+        serve(args, listeners, orig_dst, shutdown).await
     })
 }
 

@@ -20,6 +20,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,7 +29,7 @@ use weft_api::SpiffeId;
 
 use crate::balance::EndpointStats;
 use crate::metrics::{Direction, count};
-use crate::relay::connect;
+use crate::relay::{conn_labels, connect};
 use crate::state::State;
 use crate::tls::{self, MeshProtocol};
 
@@ -286,13 +287,42 @@ impl tower_service::Service<Uri> for Connector {
                 timeout,
             )
             .await?;
-            Ok(Pooled(TokioIo::new(conn)))
+            Ok(Pooled {
+                io: TokioIo::new(conn),
+                closed: this.count_opened(&state),
+            })
         })
     }
 }
 
+impl Connector {
+    /// Outbound, a pooled connection is counted like a relayed one: opened
+    /// now, closed when dropped, by the endpoint's identity. (Inbound, the
+    /// client's connection is what counts, not the app's.)
+    fn count_opened(&self, state: &State) -> Option<Counter> {
+        if self.direction != Direction::Outbound {
+            return None;
+        }
+        let labels = conn_labels(Direction::Outbound, self.identity.as_ref());
+        state.metrics.opened.get_or_create(&labels).inc();
+        Some(state.metrics.closed.get_or_create(&labels).clone())
+    }
+}
+
 /// A pooled connection, as hyper's client wants it.
-pub struct Pooled(TokioIo<Conn>);
+pub struct Pooled {
+    io: TokioIo<Conn>,
+    /// Counts the close.
+    closed: Option<Counter>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(closed) = &self.closed {
+            closed.inc();
+        }
+    }
+}
 
 impl Connection for Pooled {
     fn connected(&self) -> Connected {
@@ -306,7 +336,7 @@ impl hyper::rt::Read for Pooled {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -316,19 +346,19 @@ impl hyper::rt::Write for Pooled {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_write_vectored(
@@ -336,6 +366,6 @@ impl hyper::rt::Write for Pooled {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 }

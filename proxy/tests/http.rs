@@ -62,6 +62,12 @@ async fn http1_round_trips_on_one_connection_with_correlation_ids() {
     client
         .wait_metric("weft_responses_total", &labels, 2.0)
         .await;
+    let outbound = [
+        "direction=\"outbound\"",
+        "peer_identity=\"spiffe://cluster.local/ns/shop/sa/cart\"",
+        "tls=\"true\"",
+    ];
+    assert_eq!(client.metric("weft_requests_total", &outbound).await, 2.0);
     let inbound = [
         "direction=\"inbound\"",
         "peer_identity=\"spiffe://cluster.local/ns/web/sa/frontend\"",
@@ -207,6 +213,53 @@ async fn a_denied_caller_gets_403_naming_the_reason() {
     assert_eq!(answer.header("weft-error"), Some("not_authorized"));
     assert!(answer.header("x-request-id").is_some());
     assert_eq!(pod.app.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_policy_change_applies_to_requests_on_open_connections() {
+    let ca = Ca::new("root");
+    let (pod, client, _dir) = one_pod(&ca, InboundPolicy::default()).await;
+    let mut conn = h1(client.outbound).await;
+    assert_eq!(send1(&mut conn, request("GET", "/", "")).await.status, 200);
+
+    // The server pod's policy now denies everyone: the caller's pooled
+    // connection stays open, but its next request is refused...
+    let mut deny = table("shop", 2, InboundPolicy::default());
+    deny.defaults.inbound.authorization.default = AuthzDefault::Deny;
+    write_routes(&pod.proxy.routes_dir, &deny);
+    pod.proxy
+        .wait_config("generation 2", |c| c["routes"]["generation"] == 2)
+        .await;
+    let refused = send1(&mut conn, request("GET", "/", "")).await;
+    assert_eq!(
+        (refused.status, refused.header("weft-error")),
+        (403, Some("not_authorized"))
+    );
+
+    // ...and allowed again once the policy says so.
+    write_routes(
+        &pod.proxy.routes_dir,
+        &table("shop", 3, InboundPolicy::default()),
+    );
+    pod.proxy
+        .wait_config("generation 3", |c| c["routes"]["generation"] == 3)
+        .await;
+    assert_eq!(send1(&mut conn, request("GET", "/", "")).await.status, 200);
+    assert_eq!(pod.app.hits(), 2);
+    assert_eq!(
+        pod.proxy
+            .metric("weft_connections_opened_total", &["direction=\"inbound\""])
+            .await,
+        1.0,
+        "one connection carried all three requests"
+    );
+    let labels = ["direction=\"outbound\"", "tls=\"true\""];
+    assert_eq!(
+        client
+            .metric("weft_connections_opened_total", &labels)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -32,12 +32,12 @@ async fn strict_mode_refuses_plaintext_and_never_forwards_it() {
         answer.contains("weft-error: plaintext_refused\r\n"),
         "{answer}"
     );
+    let refused = ["reason=\"plaintext_refused\""];
     b.proxy
-        .wait_metric(
-            "weft_connections_denied_total",
-            &["reason=\"plaintext_refused\""],
-            2.0,
-        )
+        .wait_metric("weft_connections_denied_total", &refused, 1.0)
+        .await;
+    b.proxy
+        .wait_metric("weft_requests_denied_total", &refused, 1.0)
         .await;
     assert_eq!(b.app.accepted(), 0);
 }

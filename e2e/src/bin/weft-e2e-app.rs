@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use hyper::StatusCode;
 use tokio::signal::unix::{SignalKind, signal};
 use weft_api::duration::parse_duration;
 use weft_e2e::app::Role;
@@ -31,6 +32,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, env = "POD_NAME")]
         name: String,
+        /// The status of every answer: 503 plays a failing replica.
+        #[arg(long, default_value = "200", value_parser = parse_status)]
+        status: StatusCode,
     },
     /// A frontend: on every request call `GET /` on BACKEND (a Service's
     /// virtual IP and port) and answer `NAME -> <its answer>`.
@@ -57,7 +61,11 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Serve { listen, name } => weft_e2e::app::serve(listen, name, Role::Backend).await,
+        Command::Serve {
+            listen,
+            name,
+            status,
+        } => weft_e2e::app::serve(listen, name, Role::Backend { status }).await,
         Command::Frontend {
             listen,
             name,
@@ -85,6 +93,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An HTTP status code a server may answer with: 200 to 599.
+fn parse_status(value: &str) -> Result<StatusCode, String> {
+    value
+        .parse::<u16>()
+        .ok()
+        .filter(|code| (200..=599).contains(code))
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| format!("{value:?} is not a status code from 200 to 599"))
 }
 
 async fn load(options: LoadOptions) -> std::io::Result<()> {

@@ -117,6 +117,7 @@ impl ProxyConfig {
             outbound_addr: any,
             inbound_addr: any,
             admin_addr: any,
+            original_dst: None,
             log: "info".into(),
             log_format: LogFormat::Plain,
             shutdown_grace_period: self.grace,
