@@ -8,7 +8,7 @@ all: build
 build:
 	$(CARGO) build --workspace --release --bins
 
-test: fmt-check lint unit chart-test
+test: fmt-check lint unit chart-test bench-smoke
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -99,3 +99,27 @@ chart-test: chart-deps
 # charts/weft/crds/ is a copy of crds/ (a chart test fails when they differ).
 chart-crds:
 	cp crds/*.yaml charts/weft/crds/
+
+# ---- Benchmarks ---------------------------------------------------------------
+# `make bench`: direct vs the Weft pair vs an HAProxy pair (HTTP/1.1 and
+# HTTP/2, fixed rate and saturation, CPU and RSS), and the control plane at
+# scale; release builds; ~10 minutes. Results in bench/results/<date>.{json,md}.
+# `make bench-smoke` (part of `make test`): a few seconds of every case with
+# the debug builds `make unit` made, failing unless every figure is produced.
+.PHONY: bench bench-smoke bench-deps
+
+bench-deps:
+	@missing=""; for t in wrk h2load haproxy; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "bench: installing$$missing (Debian: wrk nghttp2-client haproxy)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nghttp2-client haproxy; \
+	  fi
+	@command -v oha >/dev/null || $(CARGO) install oha --locked --no-default-features
+
+bench: bench-deps
+	$(CARGO) build --release --bins -p weft-proxy -p weft-e2e -p weft-operator -p weft-bench
+	target/release/weft-bench --bin-dir target/release --out bench/results
+
+bench-smoke: bench-deps
+	$(CARGO) build --bins -p weft-proxy -p weft-e2e -p weft-operator -p weft-bench
+	target/debug/weft-bench --smoke --bin-dir target/debug --out target/bench-smoke

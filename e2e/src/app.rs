@@ -19,7 +19,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What a server does with a request.
@@ -60,9 +60,13 @@ pub async fn serve(listen: SocketAddr, name: String, role: Role) -> io::Result<(
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(app.handle(req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+            // HTTP/1.1 and HTTP/2 (prior knowledge), told apart by the
+            // first bytes: the benchmark's backend serves both.
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 eprintln!("weft-e2e-app: connection: {e}");
             }
         });

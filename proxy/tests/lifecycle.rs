@@ -124,6 +124,77 @@ fn the_binary_exits_zero_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
+#[tokio::test]
+async fn access_logs_are_json_lines_on_stdout_when_enabled() {
+    let ca = Ca::new("root");
+    let app = support::web::WebApp::start("app").await;
+    let dir = mounts(&ca, "shop", "cart", &table("shop", 1, permissive()));
+    let inbound = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args([
+            "run",
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--inbound-addr", &inbound.to_string()])
+        .args([
+            "--original-dst",
+            &app.addr.to_string(),
+            "--access-log",
+            "json",
+        ])
+        .env("WEFT_ROUTES_DIR", dir.path().join("routes"))
+        .env("WEFT_IDENTITY_DIR", dir.path().join("identity"))
+        .env("WEFT_POD_NAMESPACE", "shop")
+        .env("WEFT_SERVICE_ACCOUNT", "cart")
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    while !seen.recv().await.unwrap().contains("weft-proxy serving") {}
+
+    let mut req = support::web::request("GET", "/cart/items?page=2", "");
+    req.headers_mut()
+        .insert("x-request-id", http::HeaderValue::from_static("req-42"));
+    let answer = support::web::send1(&mut support::web::h1(inbound).await, req).await;
+    assert_eq!(answer.status, 200);
+    let line = loop {
+        let line = seen
+            .recv()
+            .await
+            .expect("stdout ended before the access log line");
+        if line.contains("req-42") {
+            break line;
+        }
+    };
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(log["direction"], "inbound");
+    assert_eq!(log["method"], "GET");
+    assert_eq!(log["authority"], "cart.shop");
+    assert_eq!(log["path"], "/cart/items");
+    assert_eq!(log["status"], 200);
+    assert_eq!(log["responseBytes"], 3);
+    assert_eq!(log["peerIdentity"], "");
+    assert!(log["durationMs"].as_f64().unwrap() >= 0.0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn invalid_flags_fail_with_a_message_naming_them() {
     let out = Command::new(env!("CARGO_BIN_EXE_weft-proxy"))

@@ -1,0 +1,163 @@
+//! The data-path benchmark: direct, the Weft pair and the HAProxy pair, in
+//! one run, interleaved and repeated, for HTTP/1.1 and HTTP/2.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::load::{self, FixedRate, Proto, Saturation};
+use crate::procstat;
+use crate::rig::{self, Bins, Pair, Pki};
+
+/// How hard and how long.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rate: u32,
+    pub connections: u32,
+    pub fixed_duration: Duration,
+    pub saturation_duration: Duration,
+    pub repetitions: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    Direct,
+    Weft,
+    Haproxy,
+}
+
+impl PathKind {
+    pub const ALL: [Self; 3] = [Self::Direct, Self::Weft, Self::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Weft => "weft",
+            Self::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// One repetition of one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub path: PathKind,
+    pub proto: Proto,
+    pub fixed: FixedRate,
+    pub saturation: Saturation,
+    /// Both proxies' CPU time during the saturation run, per request.
+    pub cpu_us_per_request: Option<f64>,
+    /// The larger of the two proxies' peak RSS during the fixed-rate run.
+    pub rss_loaded_kib: Option<u64>,
+}
+
+/// Every run, and each pair's idle memory.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub runs: Vec<Run>,
+    /// `(path, proto, larger proxy RSS before any load)`.
+    pub rss_idle_kib: Vec<(PathKind, Proto, u64)>,
+}
+
+/// Runs every path for both protocols.
+pub fn measure(bins: &Bins, dir: &Path, settings: &Settings) -> Result<Measured> {
+    let pki = Pki::new()?;
+    let (_backend, backend) = rig::backend(bins, dir)?;
+    let mut weft = rig::weft(bins, &pki, dir, backend)?;
+    let mut measured = Measured {
+        runs: Vec::new(),
+        rss_idle_kib: Vec::new(),
+    };
+    for proto in [Proto::Http1, Proto::Http2] {
+        let mut haproxy = rig::haproxy(bins, &pki, dir, backend, proto)?;
+        // Let the pairs settle before reading their idle memory.
+        std::thread::sleep(Duration::from_millis(200));
+        for (path, pair) in [(PathKind::Weft, &weft), (PathKind::Haproxy, &haproxy)] {
+            measured.rss_idle_kib.push((path, proto, peak_rss(pair)?.0));
+        }
+        for _ in 0..settings.repetitions {
+            for path in PathKind::ALL {
+                let pair = match path {
+                    PathKind::Direct => None,
+                    PathKind::Weft => Some(&mut weft),
+                    PathKind::Haproxy => Some(&mut haproxy),
+                };
+                let run = one_run(path, proto, backend, pair, settings)
+                    .with_context(|| format!("{} over {}", path.name(), proto.name()))?;
+                eprintln!("weft-bench: {}", summary(&run));
+                measured.runs.push(run);
+            }
+        }
+    }
+    Ok(measured)
+}
+
+fn one_run(
+    path: PathKind,
+    proto: Proto,
+    backend: SocketAddr,
+    mut pair: Option<&mut Pair>,
+    s: &Settings,
+) -> Result<Run> {
+    let target = pair.as_ref().map_or(backend, |p| p.entry);
+    if let Some(pair) = pair.as_mut() {
+        pair.check_running()?;
+        for pid in pair.pids() {
+            procstat::reset_peak(pid)?;
+        }
+    }
+    let fixed = load::fixed_rate(target, proto, s.rate, s.connections, s.fixed_duration)?;
+    let rss_loaded_kib = pair
+        .as_ref()
+        .map(|p| peak_rss(p).map(|r| r.1))
+        .transpose()?;
+    let cpu_before = pair.as_ref().map(|p| cpu(p)).transpose()?;
+    let saturation = load::saturate(target, proto, s.connections, s.saturation_duration)?;
+    let cpu_after = pair.as_ref().map(|p| cpu(p)).transpose()?;
+    let cpu_us_per_request = cpu_before.zip(cpu_after).map(|(before, after)| {
+        (after - before).as_secs_f64() * 1e6 / saturation.requests.max(1) as f64
+    });
+    if let Some(pair) = pair.as_mut() {
+        pair.check_running()?;
+    }
+    Ok(Run {
+        path,
+        proto,
+        fixed,
+        saturation,
+        cpu_us_per_request,
+        rss_loaded_kib,
+    })
+}
+
+/// Both proxies' CPU time so far.
+fn cpu(pair: &Pair) -> Result<Duration> {
+    let [a, b] = pair.pids();
+    Ok(procstat::cpu_time(a)? + procstat::cpu_time(b)?)
+}
+
+/// The larger proxy's `(RSS, peak RSS)`.
+fn peak_rss(pair: &Pair) -> Result<(u64, u64)> {
+    let [a, b] = pair.pids();
+    let (a, b) = (procstat::rss_kib(a)?, procstat::rss_kib(b)?);
+    Ok((a.0.max(b.0), a.1.max(b.1)))
+}
+
+fn summary(run: &Run) -> String {
+    format!(
+        "{:>7} {}: p50 {:.3} ms, p99 {:.3} ms, max {:.0} req/s, {} failed{}",
+        run.path.name(),
+        run.proto.name(),
+        run.fixed.p50_ms,
+        run.fixed.p99_ms,
+        run.saturation.rps,
+        run.fixed.failed + run.saturation.failed,
+        run.cpu_us_per_request
+            .map(|c| format!(", {c:.1} µs CPU/request"))
+            .unwrap_or_default()
+    )
+}

@@ -1,0 +1,122 @@
+//! `weft-bench`: runs the benchmarks and writes `<out>/<date>.json` and
+//! `<out>/<date>.md`. `make bench` runs it in full; `make bench-smoke` for
+//! a few seconds, failing unless every figure was produced.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use weft_bench::control::{ControlOptions, PropagationOptions};
+use weft_bench::dataplane::{self, Settings};
+use weft_bench::report::{self, Row};
+use weft_bench::rig::Bins;
+
+#[derive(Parser)]
+#[command(name = "weft-bench", about = "Weft's benchmarks")]
+struct Args {
+    /// A few seconds of each case: checks that every figure is produced.
+    #[arg(long)]
+    smoke: bool,
+    /// Where the results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The release binaries (`weft-proxy`, `weft-e2e-app`, `weft-operator`).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    #[arg(long, default_value = "haproxy")]
+    haproxy: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Results {
+    date: String,
+    machine: String,
+    settings: String,
+    dataplane: Vec<Row>,
+    runs: dataplane::Measured,
+    control: weft_bench::control::ControlFigures,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let settings = if args.smoke {
+        Settings {
+            rate: 500,
+            connections: 10,
+            fixed_duration: Duration::from_secs(2),
+            saturation_duration: Duration::from_secs(1),
+            repetitions: 1,
+        }
+    } else {
+        Settings {
+            rate: 2000,
+            connections: 50,
+            fixed_duration: Duration::from_secs(20),
+            saturation_duration: Duration::from_secs(10),
+            repetitions: 3,
+        }
+    };
+    let bins = Bins {
+        proxy: args.bin_dir.join("weft-proxy"),
+        app: args.bin_dir.join("weft-e2e-app"),
+        haproxy: args.haproxy.clone(),
+    };
+    let dir = tempfile::tempdir()?;
+    let measured = dataplane::measure(&bins, dir.path(), &settings)?;
+    let rows = report::rows(&measured);
+    let control = weft_bench::control::run(&control_options(&args))?;
+    let date = weft_bench::today(SystemTime::now());
+    let results = Results {
+        date: date.clone(),
+        machine: weft_bench::machine(),
+        settings: format!("{settings:?}"),
+        dataplane: rows.clone(),
+        runs: measured,
+        control,
+    };
+    let table = format!(
+        "{}\n{}",
+        report::markdown(&rows),
+        weft_bench::control::markdown(&results.control)
+    );
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
+    let json = args.out.join(format!("{date}.json"));
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    std::fs::write(args.out.join(format!("{date}.md")), &table)?;
+    println!("{table}\nresults: {}", json.display());
+    let mut missing = report::missing(&rows);
+    if results.control.propagation.is_none() {
+        missing.push("control plane: propagation".into());
+    }
+    anyhow::ensure!(missing.is_empty(), "figures missing: {missing:?}");
+    Ok(())
+}
+
+/// The control-plane benchmarks at full scale (they take seconds); the
+/// smoke run repeats each once.
+fn control_options(args: &Args) -> ControlOptions {
+    let mut propagation = PropagationOptions::new(
+        args.bin_dir.join("weft-operator"),
+        args.bin_dir.join("weft-proxy"),
+    );
+    let mut options = ControlOptions::default();
+    if args.smoke {
+        options.runs = 1;
+        propagation.changes = 1;
+    }
+    options.propagation = Some(propagation);
+    options
+}
