@@ -114,7 +114,7 @@ bench-deps:
 	    echo "bench: installing$$missing (Debian: wrk nghttp2-client haproxy)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nghttp2-client haproxy; \
 	  fi
-	@command -v oha >/dev/null || $(CARGO) install oha --locked --no-default-features
+	@command -v oha >/dev/null || $(CARGO) install oha --locked
 
 bench: bench-deps
 	$(CARGO) build --release --bins -p weft-proxy -p weft-e2e -p weft-operator -p weft-bench

@@ -13,20 +13,13 @@ pub mod procstat;
 pub mod report;
 pub mod rig;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-/// `t`'s UTC date, `YYYY-MM-DD` (civil date from days since the epoch).
+/// `t`'s UTC date, `YYYY-MM-DD`.
 pub fn today(t: SystemTime) -> String {
-    let days = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400;
-    let z = days as i64 + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let mut date = weft_proxy::access_log::rfc3339(t);
+    date.truncate("YYYY-MM-DD".len());
+    date
 }
 
 /// Cores, CPU model and kernel: what the figures were measured on.
@@ -48,7 +41,7 @@ pub fn machine() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn dates_are_utc_days() {

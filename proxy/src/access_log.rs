@@ -104,7 +104,7 @@ struct Line<'a> {
 
 /// `t` as RFC 3339 UTC with milliseconds (civil date from days since the
 /// epoch, Howard Hinnant's algorithm).
-fn rfc3339(t: SystemTime) -> String {
+pub fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
