@@ -29,6 +29,11 @@ struct Args {
     bin_dir: PathBuf,
     #[arg(long, default_value = "haproxy")]
     haproxy: PathBuf,
+    /// Shorter runs (seconds per fixed-rate and per saturation run), for
+    /// comparing two builds quickly; the full run's figures are the ones
+    /// to report.
+    #[arg(long)]
+    seconds: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -68,6 +73,14 @@ fn run(args: Args) -> Result<()> {
             saturation_duration: Duration::from_secs(10),
             repetitions: 3,
         }
+    };
+    let settings = match args.seconds {
+        Some(s) => Settings {
+            fixed_duration: Duration::from_secs(s),
+            saturation_duration: Duration::from_secs(s),
+            ..settings
+        },
+        None => settings,
     };
     let bins = Bins {
         proxy: args.bin_dir.join("weft-proxy"),

@@ -178,7 +178,7 @@ pub fn markdown(rows: &[Row]) -> String {
             |v: Option<f64>, digits: usize| v.map_or("—".into(), |v| format!("{v:.digits$}"));
         let mib = |v: Option<u64>| v.map_or("—".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         let added = match (r.added_p50_ms, r.added_p99_ms) {
-            (Some(a), Some(b)) => format!("+{a:.3} / +{b:.3}"),
+            (Some(a), Some(b)) => format!("{a:+.3} / {b:+.3}"),
             _ => "—".into(),
         };
         out.push_str(&format!(

@@ -199,11 +199,7 @@ impl Listeners {
 /// The process entry point of `weft-proxy run`.
 pub fn main(args: RunArgs) -> Result<()> {
     init_logging(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = runtime(args.threads).context("starting the async runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&args).await?;
         let shutdown = CancellationToken::new();
@@ -214,6 +210,23 @@ pub fn main(args: RunArgs) -> Result<()> {
         };
         serve(args, listeners, orig_dst, shutdown).await
     })
+}
+
+/// One thread (the default): a current-thread runtime, so the listeners
+/// and every connection run on the thread that drives the runtime — no
+/// hand-off to a worker on each accept and wake-up. More threads: a
+/// work-stealing runtime with that many workers. Either way, file parsing
+/// on reload goes to the blocking pool, off the request thread.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
 }
 
 fn init_logging(args: &RunArgs) -> Result<()> {
