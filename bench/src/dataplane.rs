@@ -61,7 +61,22 @@ pub struct Measured {
     pub runs: Vec<Run>,
     /// `(path, proto, larger proxy RSS before any load)`.
     pub rss_idle_kib: Vec<(PathKind, Proto, u64)>,
+    /// The Weft pair at the fixed rate while its files are rewritten.
+    pub under_reload: Vec<ReloadRun>,
 }
+
+/// A fixed-rate run of the Weft pair during which both certificates and
+/// the client's routing table were replaced again and again.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadRun {
+    pub proto: Proto,
+    pub reloads: u64,
+    pub requests: u64,
+    pub failed: u64,
+}
+
+/// How often the files are replaced during a reload run.
+pub const RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs every path for both protocols.
 pub fn measure(bins: &Bins, dir: &Path, settings: &Settings) -> Result<Measured> {
@@ -71,6 +86,7 @@ pub fn measure(bins: &Bins, dir: &Path, settings: &Settings) -> Result<Measured>
     let mut measured = Measured {
         runs: Vec::new(),
         rss_idle_kib: Vec::new(),
+        under_reload: Vec::new(),
     };
     for proto in [Proto::Http1, Proto::Http2] {
         let mut haproxy = rig::haproxy(bins, &pki, dir, backend, proto)?;
@@ -92,8 +108,48 @@ pub fn measure(bins: &Bins, dir: &Path, settings: &Settings) -> Result<Measured>
                 measured.runs.push(run);
             }
         }
+        let reloaded = under_reload(&pki, &mut weft, proto, settings)?;
+        eprintln!(
+            "weft-bench:    weft {} under reload: {} reloads, {} requests, {} failed",
+            proto.name(),
+            reloaded.reloads,
+            reloaded.requests,
+            reloaded.failed
+        );
+        measured.under_reload.push(reloaded);
     }
     Ok(measured)
+}
+
+/// The fixed-rate load while another thread replaces the pair's
+/// certificates and routing table every [`RELOAD_EVERY`].
+fn under_reload(pki: &Pki, pair: &mut Pair, proto: Proto, s: &Settings) -> Result<ReloadRun> {
+    let files = pair.files.clone().context("the Weft pair's files")?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (fixed, reloads) = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| -> Result<u64> {
+            let mut reloads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(RELOAD_EVERY);
+                files.reload(pki, 2 + reloads)?;
+                reloads += 1;
+            }
+            Ok(reloads)
+        });
+        let fixed = load::fixed_rate(pair.entry, proto, s.rate, s.connections, s.fixed_duration);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reloads = churn
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reloading thread panicked"))?;
+        Ok::<_, anyhow::Error>((fixed?, reloads?))
+    })?;
+    pair.check_running()?;
+    Ok(ReloadRun {
+        proto,
+        reloads,
+        requests: fixed.requests,
+        failed: fixed.failed,
+    })
 }
 
 fn one_run(

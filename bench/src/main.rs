@@ -101,8 +101,9 @@ fn run(args: Args) -> Result<()> {
         control,
     };
     let table = format!(
-        "{}\n{}",
+        "{}{}\n{}",
         report::markdown(&rows),
+        report::reload_markdown(&results.runs),
         weft_bench::control::markdown(&results.control)
     );
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
@@ -111,10 +112,16 @@ fn run(args: Args) -> Result<()> {
     std::fs::write(args.out.join(format!("{date}.md")), &table)?;
     println!("{table}\nresults: {}", json.display());
     let mut missing = report::missing(&rows);
+    missing.extend(report::reload_gaps(&results.runs));
     if results.control.propagation.is_none() {
         missing.push("control plane: propagation".into());
     }
     anyhow::ensure!(missing.is_empty(), "figures missing: {missing:?}");
+    let failed: u64 = results.runs.under_reload.iter().map(|r| r.failed).sum();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} requests failed while the Weft pair reloaded"
+    );
     Ok(())
 }
 

@@ -167,6 +167,37 @@ pub fn missing(rows: &[Row]) -> Vec<String> {
     missing
 }
 
+/// The reload runs: none may fail a request, each must have reloaded.
+pub fn reload_gaps(m: &Measured) -> Vec<String> {
+    [Proto::Http1, Proto::Http2]
+        .into_iter()
+        .filter(|proto| {
+            !m.under_reload
+                .iter()
+                .any(|r| r.proto == *proto && r.reloads >= 2 && r.requests > 0)
+        })
+        .map(|proto| format!("weft/{}: no run under reload", proto.name()))
+        .collect()
+}
+
+/// One line per reload run.
+pub fn reload_markdown(m: &Measured) -> String {
+    let mut out = format!(
+        "\n| weft under reload (certificates + routes every {} ms) | reloads | requests | failed |\n|---|---|---|---|\n",
+        crate::dataplane::RELOAD_EVERY.as_millis()
+    );
+    for r in &m.under_reload {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            r.proto.name(),
+            r.reloads,
+            r.requests,
+            r.failed
+        ));
+    }
+    out
+}
+
 /// The data-path table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
@@ -241,6 +272,7 @@ mod tests {
                 (PathKind::Weft, Proto::Http1, 5000),
                 (PathKind::Haproxy, Proto::Http1, 7000),
             ],
+            under_reload: Vec::new(),
         };
         let rows = rows(&m);
         let weft = rows.iter().find(|r| r.path == PathKind::Weft).unwrap();

@@ -174,6 +174,42 @@ pub struct Pair {
     pub entry: SocketAddr,
     pub client: Proc,
     pub server: Proc,
+    /// The Weft pair's mounted files, rewritten to reload it under load.
+    pub files: Option<WeftFiles>,
+}
+
+/// Where the Weft pair's files are, and what its client's table holds.
+#[derive(Clone)]
+pub struct WeftFiles {
+    client: PathBuf,
+    server: PathBuf,
+    services: Vec<Service>,
+}
+
+impl WeftFiles {
+    /// Reloads both proxies as the operator and the kubelet would: a new
+    /// certificate for each (same identity) and a new generation of the
+    /// client's routing table (same routes), each written with the
+    /// kubelet's `..data` swap.
+    pub fn reload(&self, pki: &Pki, generation: u64) -> Result<()> {
+        for (dir, service_account) in [(&self.client, "client"), (&self.server, "server")] {
+            write_identity(pki, dir, service_account)?;
+        }
+        let mut table = routes(&self.services);
+        table.generation = generation;
+        weft_operator::kubelet::write_atomic(
+            &self.client.join("routes"),
+            &[("routes.json", &serde_json::to_vec(&table)?)],
+        )?;
+        Ok(())
+    }
+}
+
+fn write_identity(pki: &Pki, dir: &Path, service_account: &str) -> Result<()> {
+    let identity = pki.identity(service_account)?;
+    let files = identity.secret_data().map(|(k, v)| (k, v.as_bytes()));
+    weft_operator::kubelet::write_atomic(&dir.join("identity"), &files)?;
+    Ok(())
 }
 
 impl Pair {
@@ -208,6 +244,11 @@ pub fn weft(bins: &Bins, pki: &Pki, dir: &Path, backend: SocketAddr) -> Result<P
         entry,
         client,
         server,
+        files: Some(WeftFiles {
+            client: dir.join("weft-client"),
+            server: dir.join("weft-server"),
+            services: services.to_vec(),
+        }),
     })
 }
 
@@ -226,9 +267,7 @@ fn weft_proxy(
     services: &[Service],
     original_dst: SocketAddr,
 ) -> Result<WeftProxy> {
-    let identity = pki.identity(service_account)?;
-    let files = identity.secret_data().map(|(k, v)| (k, v.as_bytes()));
-    weft_operator::kubelet::write_atomic(&dir.join("identity"), &files)?;
+    write_identity(pki, dir, service_account)?;
     let table = routes(services);
     weft_operator::kubelet::write_atomic(
         &dir.join("routes"),
@@ -356,6 +395,7 @@ pub fn haproxy(
         entry,
         client,
         server,
+        files: None,
     })
 }
 
