@@ -137,16 +137,23 @@ async fn a_slow_attempt_is_cut_by_the_per_try_timeout_and_retried() {
     assert_eq!(seen.get("b2"), Some(&4), "{seen:?}");
 }
 
-#[tokio::test]
-async fn a_retry_succeeds_on_another_endpoint() {
+/// Two pods taking turns (round-robin), the first answering 503, and a
+/// policy of 2 attempts on `5xx` with a generous budget.
+async fn one_of_two_failing() -> (Vec<WebPod>, Proxy, tempfile::TempDir) {
     let ca = Ca::new("root");
     let policy = OutboundPolicy {
         load_balancer: LoadBalancer::RoundRobin,
         retries: Some(retries(2, &["5xx"], 100, 10)),
         ..OutboundPolicy::default()
     };
-    let (pods, client, _dir) = pods(&ca, 2, policy).await;
+    let (pods, client, dir) = pods(&ca, 2, policy).await;
     pods[0].app.fail_with(503);
+    (pods, client, dir)
+}
+
+#[tokio::test]
+async fn a_retry_succeeds_on_another_endpoint() {
+    let (pods, client, _dir) = one_of_two_failing().await;
     let seen = tally(&client, 10, "GET", b"").await;
     assert_eq!(seen.get("b2"), Some(&10), "{seen:?}");
     assert!(pods[0].app.hits() >= 4, "the failing replica was tried");
@@ -156,14 +163,7 @@ async fn a_retry_succeeds_on_another_endpoint() {
 
 #[tokio::test]
 async fn only_idempotent_requests_with_small_bodies_are_retried() {
-    let ca = Ca::new("root");
-    let policy = OutboundPolicy {
-        load_balancer: LoadBalancer::RoundRobin,
-        retries: Some(retries(2, &["5xx"], 100, 10)),
-        ..OutboundPolicy::default()
-    };
-    let (pods, client, _dir) = pods(&ca, 2, policy).await;
-    pods[0].app.fail_with(503);
+    let (_pods, client, _dir) = one_of_two_failing().await;
     static LARGE: [u8; 100 * 1024] = [b'x'; 100 * 1024];
 
     let small_put = tally(&client, 6, "PUT", b"small").await;
