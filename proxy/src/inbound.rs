@@ -30,16 +30,13 @@ use crate::inbound_http::{self, InboundConn};
 use crate::metrics::{DeniedLabels, Direction, PortLabels, count};
 use crate::orig_dst::OriginalDst;
 use crate::relay::{conn_labels, connect, relay};
-use crate::sniff::{OpaquePorts, Sniffed, sniff};
+use crate::sniff::{OpaquePorts, PEEK_RETRY, Sniffed, sniff};
 use crate::state::State;
 use crate::tls::{self, MeshProtocol};
 use crate::upstream::{HttpVersion, Upstreams};
 
 /// The largest first record we wait for: a TLS record's maximum plus header.
 const MAX_HELLO: usize = 16 * 1024 + 5;
-/// How long to wait before peeking again at a ClientHello split across
-/// segments (rare: our proxies' hellos fit one segment).
-const PEEK_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 pub struct Inbound {
     pub state: Arc<State>,

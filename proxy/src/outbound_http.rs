@@ -185,7 +185,7 @@ impl Call<'_> {
             };
             let req = replica(&parts, body);
             let per_try = retries.policy.per_try_timeout();
-            let (result, failure) = self.attempt(req, previous, per_try).await;
+            let (result, failure) = self.attempt(req, previous, per_try, None).await;
             let Some(failure) = failure else {
                 return result.response;
             };
@@ -231,22 +231,13 @@ impl Call<'_> {
     async fn once(&mut self, mut req: Request<Incoming>, upgrade: bool) -> Response<Inner> {
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let req = req.map(Either::Left);
-        let (result, _) = self.attempt_raw(req, None, None, on_upgrade).await;
+        let (result, _) = self.attempt(req, None, None, on_upgrade).await;
         result.response
-    }
-
-    async fn attempt(
-        &mut self,
-        req: Request<RequestBody>,
-        previous: Option<usize>,
-        per_try: Option<std::time::Duration>,
-    ) -> (Attempted, Option<Failure>) {
-        self.attempt_raw(req, previous, per_try, None).await
     }
 
     /// Sends `req` to an endpoint of the target (another than `previous`
     /// when there is a choice) and classifies the result.
-    async fn attempt_raw(
+    async fn attempt(
         &mut self,
         mut req: Request<RequestBody>,
         previous: Option<usize>,

@@ -29,9 +29,10 @@ impl OpaquePorts {
     }
 }
 
-/// How long to wait before peeking again at a request line that is still
-/// arriving (rare: a request head usually comes in one segment).
-const PEEK_RETRY: Duration = Duration::from_millis(1);
+/// How long to wait before peeking again at first bytes that are still
+/// arriving — a request line here, a ClientHello on the inbound side (rare:
+/// both usually come in one segment).
+pub const PEEK_RETRY: Duration = Duration::from_millis(1);
 
 /// What a connection's first bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
