@@ -12,8 +12,9 @@ use clap::Parser;
 use serde::Serialize;
 use weft_bench::control::{ControlOptions, PropagationOptions};
 use weft_bench::dataplane::{self, Settings};
+use weft_bench::load::Proto;
 use weft_bench::report::{self, Row};
-use weft_bench::rig::Bins;
+use weft_bench::rig::{self, Bins};
 
 #[derive(Parser)]
 #[command(name = "weft-bench", about = "Weft's benchmarks")]
@@ -34,6 +35,20 @@ struct Args {
     /// to report.
     #[arg(long)]
     seconds: Option<u64>,
+    /// Only one half, for iterating on it: prints that half's tables and
+    /// writes no results.
+    #[arg(long, value_enum)]
+    only: Option<Half>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Half {
+    Dataplane,
+    Control,
+    /// Starts the backend and the Weft and HAProxy pairs, prints where they
+    /// listen and their pids, and waits until standard input ends: for
+    /// profiling under a load of your own (`perf record -p`, `h2load`).
+    Hold,
 }
 
 #[derive(Serialize)]
@@ -87,9 +102,22 @@ fn run(args: Args) -> Result<()> {
         app: args.bin_dir.join("weft-e2e-app"),
         haproxy: args.haproxy.clone(),
     };
+    if args.only == Some(Half::Hold) {
+        return hold(&bins);
+    }
+    if args.only == Some(Half::Control) {
+        let control = weft_bench::control::run(&control_options(&args))?;
+        println!("{}", weft_bench::control::markdown(&control));
+        return Ok(());
+    }
     let dir = tempfile::tempdir()?;
     let measured = dataplane::measure(&bins, dir.path(), &settings)?;
     let rows = report::rows(&measured);
+    if args.only == Some(Half::Dataplane) {
+        let tables = report::markdown(&rows) + &report::reload_markdown(&measured);
+        println!("{tables}");
+        return Ok(());
+    }
     let control = weft_bench::control::run(&control_options(&args))?;
     let date = weft_bench::today(SystemTime::now());
     let results = Results {
@@ -122,6 +150,27 @@ fn run(args: Args) -> Result<()> {
         failed == 0,
         "{failed} requests failed while the Weft pair reloaded"
     );
+    Ok(())
+}
+
+fn hold(bins: &Bins) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pki = rig::Pki::new()?;
+    let (_backend, backend) = rig::backend(bins, dir.path())?;
+    let weft = rig::weft(bins, &pki, dir.path(), backend)?;
+    let h1 = rig::haproxy(bins, &pki, dir.path(), backend, Proto::Http1)?;
+    let h2 = rig::haproxy(bins, &pki, dir.path(), backend, Proto::Http2)?;
+    println!("backend {backend}");
+    for (name, pair) in [
+        ("weft", &weft),
+        ("haproxy-http1", &h1),
+        ("haproxy-http2", &h2),
+    ] {
+        let [client, server] = pair.pids();
+        println!("{name} {} pids {client} {server}", pair.entry);
+    }
+    println!("holding until standard input ends");
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     Ok(())
 }
 
