@@ -54,6 +54,10 @@ pub async fn serve(listen: SocketAddr, name: String, role: Role) -> io::Result<(
                 continue;
             }
         };
+        // As servers commonly do (Go's net/http, Node): without it, small
+        // writes on a connection with data in flight wait for the peer's
+        // ACK (Nagle), which a multiplexed HTTP/2 connection always has.
+        let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
