@@ -5,16 +5,24 @@
 //! unsampled: the proxy records no spans itself, it only makes sure the
 //! apps behind it receive a well-formed context to continue. Both are
 //! formatted into stack buffers; the only allocation is the header value.
+//!
+//! Both values are unique per request, so they are marked sensitive: HPACK
+//! then sends them as never-indexed literals. Indexed, each request would
+//! insert two entries into every HTTP/2 connection's dynamic table, evicting
+//! the entries worth reusing (authority, user agent, content type) and
+//! costing a table search and insert per header per hop (measured below).
 
 use http::HeaderMap;
-use http::header::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 
+// Header names as constants: inserting by `&str` would allocate a copy of
+// a non-standard name on every request.
 /// The request ID header.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The W3C Trace Context header carrying trace ID, parent ID and flags.
-pub const TRACEPARENT: &str = "traceparent";
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Vendor state belonging to the trace `traceparent` identifies.
-const TRACESTATE: &str = "tracestate";
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// `version-traceid-parentid-flags` of version 00: 2+1+32+1+16+1+2.
 const TRACEPARENT_LEN: usize = 55;
@@ -24,9 +32,10 @@ const UUID_LEN: usize = 36;
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The request's ID: the one present if non-empty, else a new UUID v4,
-/// which is inserted.
+/// which is inserted. Either way marked sensitive (see the module doc).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(REQUEST_ID).filter(|id| !id.is_empty()) {
+    if let Some(id) = headers.get_mut(REQUEST_ID).filter(|id| !id.is_empty()) {
+        id.set_sensitive(true);
         return id.clone();
     }
     let id = ascii_value(&uuid_v4());
@@ -38,10 +47,11 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// new, unsampled trace and drops any `tracestate`, whose entries describe
 /// a trace this request no longer belongs to.
 pub fn ensure_traceparent(headers: &mut HeaderMap) {
-    if headers
-        .get(TRACEPARENT)
-        .is_some_and(|v| valid_traceparent(v.as_bytes()))
+    if let Some(value) = headers
+        .get_mut(TRACEPARENT)
+        .filter(|v| valid_traceparent(v.as_bytes()))
     {
+        value.set_sensitive(true);
         return;
     }
     headers.insert(TRACEPARENT, ascii_value(&new_traceparent()));
@@ -112,10 +122,12 @@ fn is_lower_hex(field: &[u8]) -> bool {
     field.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// A header value from bytes this module formatted: hex digits and `-`
-/// are always valid, so the empty fallback is never used.
+/// A sensitive header value from bytes this module formatted: hex digits
+/// and `-` are always valid, so the empty fallback is never used.
 fn ascii_value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""))
+    let mut value = HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]
@@ -147,6 +159,7 @@ mod tests {
             let text = id.to_str().unwrap().to_owned();
             assert_uuid_v4(&text);
             assert_eq!(headers[REQUEST_ID], id);
+            assert!(id.is_sensitive() && headers[REQUEST_ID].is_sensitive());
             assert!(seen.insert(text), "duplicate");
         }
     }
@@ -155,8 +168,10 @@ mod tests {
     fn present_request_id_kept() {
         let mut headers = HeaderMap::new();
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(ensure_request_id(&mut headers), "abc-123");
+        let id = ensure_request_id(&mut headers);
+        assert_eq!(id, "abc-123");
         assert_eq!(headers[REQUEST_ID], "abc-123");
+        assert!(id.is_sensitive() && headers[REQUEST_ID].is_sensitive());
         assert_eq!(headers.len(), 1);
     }
 
@@ -183,6 +198,7 @@ mod tests {
             headers.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
             ensure_traceparent(&mut headers);
             assert_eq!(headers[TRACEPARENT], value);
+            assert!(headers[TRACEPARENT].is_sensitive());
             assert_eq!(headers[TRACESTATE], "vendor=x");
         }
     }
@@ -193,6 +209,7 @@ mod tests {
         ensure_traceparent(&mut headers);
         let value = headers[TRACEPARENT].to_str().unwrap().to_owned();
         assert!(valid_traceparent(value.as_bytes()), "{value}");
+        assert!(headers[TRACEPARENT].is_sensitive());
         assert!(
             value.starts_with("00-") && value.ends_with("-00"),
             "{value}"

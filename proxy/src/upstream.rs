@@ -174,7 +174,7 @@ impl Upstream {
             HttpVersion::Http2 => &self.http2,
         };
         cell.get_or_init(|| {
-            let connector = Connector {
+            let connector = Connector(Arc::new(Dial {
                 direction: self.direction,
                 addr: self.addr,
                 identity: self.identity.clone(),
@@ -182,7 +182,7 @@ impl Upstream {
                 state: Arc::downgrade(state),
                 timeout_ms: self.connect_timeout_ms.clone(),
                 default_timeout,
-            };
+            }));
             http_client(connector, version)
         })
     }
@@ -249,8 +249,14 @@ impl Upstreams {
 
 /// Opens connections for one upstream's pooled client. The request URI is
 /// ignored: it carries the caller's authority, not where to connect.
+/// One `Arc`: hyper's pooled client clones its connector on every request,
+/// even when a pooled connection serves it, and the fields (the identity's
+/// text) would cost allocations each time.
 #[derive(Clone)]
-pub struct Connector {
+pub struct Connector(Arc<Dial>);
+
+/// Where and how a [`Connector`] connects.
+struct Dial {
     direction: Direction,
     addr: SocketAddr,
     identity: Option<SpiffeId>,
@@ -271,7 +277,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let state = this.state.upgrade().ok_or(ConnectError("shutting down"))?;
             let timeout = match this.timeout_ms.load(Ordering::Relaxed) {
@@ -295,7 +301,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-impl Connector {
+impl Dial {
     /// Outbound, a pooled connection is counted like a relayed one: opened
     /// now, closed when dropped, by the endpoint's identity. (Inbound, the
     /// client's connection is what counts, not the app's.)
