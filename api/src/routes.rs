@@ -265,18 +265,37 @@ pub enum ParseError {
 
 impl RoutesTable {
     /// Parses, checks the version before anything else, and validates.
+    ///
+    /// The version is read first in effect, not in time: a table of this
+    /// version (nearly always) is parsed in one pass, and only a document
+    /// that fails to parse is read again for its version, so an unknown
+    /// version is reported as such whatever else it holds.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ParseError> {
         #[derive(Deserialize)]
         struct VersionProbe {
             version: u64,
         }
-        let probe: VersionProbe = serde_json::from_slice(bytes)?;
-        if probe.version != u64::from(ROUTES_VERSION) {
-            return Err(ParseError::UnsupportedVersion {
-                found: probe.version,
-            });
+        let unsupported = |found: u64| ParseError::UnsupportedVersion { found };
+        // Checked as a whole once (fast), not string by string as `from_slice` does.
+        let parsed = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            // `from_slice` says where the bytes stop being UTF-8.
+            Err(_) => serde_json::from_slice(bytes),
+        };
+        let table: RoutesTable = match parsed {
+            Ok(table) => table,
+            Err(e) => {
+                let probe: VersionProbe = serde_json::from_slice(bytes)?;
+                return Err(if probe.version == u64::from(ROUTES_VERSION) {
+                    ParseError::Json(e)
+                } else {
+                    unsupported(probe.version)
+                });
+            }
+        };
+        if table.version != ROUTES_VERSION {
+            return Err(unsupported(u64::from(table.version)));
         }
-        let table: RoutesTable = serde_json::from_slice(bytes)?;
         let problems = table.validate();
         if problems.is_empty() {
             Ok(table)

@@ -6,9 +6,12 @@
 //! user info) so an identity that passes here is one every SPIFFE
 //! implementation agrees on.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const SCHEME: &str = "spiffe://";
@@ -41,10 +44,12 @@ pub enum SpiffeIdError {
 }
 
 /// A syntactically valid SPIFFE ID. Stored as its canonical string so that
-/// comparisons and formatting cost nothing.
+/// comparisons and formatting cost nothing, and shared: a routing table
+/// names the identity of every endpoint, thousands of them for a few
+/// service accounts, so a clone is a reference count, not an allocation.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
-    uri: String,
+    uri: Arc<str>,
     /// Byte offset where the path (including its leading '/') starts; equals
     /// `uri.len()` when there is no path.
     path_start: usize,
@@ -64,7 +69,7 @@ impl SpiffeId {
         validate_trust_domain(trust_domain)?;
         validate_path(path)?;
         Ok(Self {
-            uri: s.to_owned(),
+            uri: s.into(),
             path_start: SCHEME.len() + trust_domain.len(),
         })
     }
@@ -107,6 +112,32 @@ impl SpiffeId {
     pub fn as_str(&self) -> &str {
         &self.uri
     }
+
+    /// The canonical string, shared with this ID (a metric label made from
+    /// it costs no allocation).
+    pub fn shared_str(&self) -> Arc<str> {
+        self.uri.clone()
+    }
+}
+
+thread_local! {
+    /// The ID deserialized last on this thread. A routing table lists the
+    /// endpoints of one service account one after another, so most of its
+    /// IDs repeat the one before: those are shared, not parsed and
+    /// allocated again.
+    static LAST_DESERIALIZED: RefCell<Option<SpiffeId>> = const { RefCell::new(None) };
+}
+
+/// Parses `s`, or shares the ID deserialized last when it is the same.
+fn parse_repeated(s: &str) -> Result<SpiffeId, SpiffeIdError> {
+    LAST_DESERIALIZED.with_borrow_mut(|last| {
+        if let Some(same) = last.as_ref().filter(|id| id.as_str() == s) {
+            return Ok(same.clone());
+        }
+        let id = SpiffeId::parse(s)?;
+        *last = Some(id.clone());
+        Ok(id)
+    })
 }
 
 fn validate_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
@@ -177,8 +208,23 @@ impl Serialize for SpiffeId {
 
 impl<'de> Deserialize<'de> for SpiffeId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::parse(&s).map_err(|e| serde::de::Error::custom(format!("SPIFFE ID {s:?} {e}")))
+        /// Reads the string in place (borrowed from the input when it has
+        /// no escapes) instead of copying it into a `String` first.
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = SpiffeId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SpiffeId, E> {
+                parse_repeated(s).map_err(|e| E::custom(format!("SPIFFE ID {s:?} {e}")))
+            }
+        }
+
+        d.deserialize_str(IdVisitor)
     }
 }
 
@@ -256,6 +302,22 @@ mod tests {
         );
         let err = serde_json::from_str::<SpiffeId>("\"spiffe://td/ns//b\"").unwrap_err();
         assert!(err.to_string().contains("spiffe://td/ns//b"), "{err}");
+        let err = serde_json::from_str::<SpiffeId>("5").unwrap_err();
+        assert!(err.to_string().contains("expected a string"), "{err}");
+    }
+
+    #[test]
+    fn a_repeated_id_is_shared_and_a_bad_one_never_is() {
+        let ids: Vec<SpiffeId> = serde_json::from_str(
+            r#"["spiffe://td/ns/a/sa/b", "spiffe://td/ns/a/sa/b", "spiffe://td/ns/a/sa/c"]"#,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&ids[0].uri, &ids[1].uri));
+        assert_eq!(ids[2].as_str(), "spiffe://td/ns/a/sa/c");
+        // A bad ID is refused every time, also right after a good one.
+        let bad = r#"["spiffe://td/ns/a/sa/c", "spiffe://td/ns//c", "spiffe://td/ns//c"]"#;
+        assert!(serde_json::from_str::<Vec<SpiffeId>>(bad).is_err());
+        assert!(serde_json::from_str::<SpiffeId>("\"spiffe://td/ns//c\"").is_err());
     }
 
     fn dns_label() -> impl Strategy<Value = String> {

@@ -101,8 +101,8 @@ fn parse_key(key: &'static str, bytes: &[u8], pod: &Pod) -> Result<Parsed, Refus
         )));
     }
     Ok(Parsed {
-        table: Table::new(&routes, pod),
         generation: routes.generation,
+        table: Table::new(routes, pod),
         key,
     })
 }

@@ -1,17 +1,25 @@
 //! The routing table as the hot path reads it: built once per reload from a
 //! validated `routes.json`, then only read (behind an `ArcSwap`), so looking
 //! up a destination takes no lock.
+//!
+//! A reload only indexes the document: which address is which Service port
+//! or meshed pod. A destination's endpoints and their per-endpoint state are
+//! built on its first use in this table, as mature meshes resolve a
+//! destination when it is first called: a pod calls a few of the thousands
+//! of Services a large table lists, and a reload is then dominated by the
+//! destinations in use, not by the size of the table.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use weft_api::SpiffeId;
 use weft_api::routes::{
-    InboundPolicy, LoadBalancer, OutboundPolicy, OutlierDetection, Protocol, RoutesTable, Service,
-    ServicePort,
+    Endpoint as ApiEndpoint, InboundPolicy, LoadBalancer, OutboundPolicy, OutlierDetection,
+    Protocol, RoutesTable, Service, ServicePort,
 };
 
 use crate::balance::{self, EndpointStats};
@@ -121,17 +129,73 @@ impl Backend {
     }
 }
 
+/// The routing table of one reload.
+///
+/// Targets are built on first use (a `OnceLock` each: the first caller
+/// builds, which takes the [`Upstreams`] lock once per endpoint; every
+/// later lookup is a map lookup and an atomic load). Per-endpoint state is
+/// found again by address and identity in [`Upstreams`], which keeps it
+/// only while something holds it. The previous table holds what it built,
+/// but it is dropped when this one is swapped in, typically before this
+/// one has built the same targets; so this table holds, from its creation
+/// to its end, the upstreams in use then that it lists too. (An endpoint
+/// the old table first uses after that starts afresh in this one.)
 #[derive(Debug)]
 pub struct Table {
     pub generation: u64,
     pub trust_domain: String,
-    targets: HashMap<SocketAddr, Arc<Target>>,
+    /// The document the targets are built from.
+    routes: RoutesTable,
+    pod_ip: Option<IpAddr>,
+    upstreams: Arc<Upstreams>,
+    /// Every meshed destination by address: Service ports by their virtual
+    /// addresses, meshed pods by their own. Hashed with foldhash, several
+    /// times faster than SipHash on a socket address: the keys come from the
+    /// operator's table, not from anyone who could choose colliding ones.
+    addrs: foldhash::HashMap<SocketAddr, Slot>,
+    ports: Box<[PortSlot]>,
+    pods: Box<[PodSlot]>,
+    /// The upstreams in use at this table's creation that it lists: held,
+    /// never read, so that a target built later finds their state.
+    _carried: Vec<Arc<Upstream>>,
     /// The policies of every Service of this pod's namespace that lists this
     /// pod at a port; a connection must satisfy all of them.
     inbound_ports: HashMap<u16, Vec<InboundPolicy>>,
     /// The protocol of this pod's own ports, from the Services listing it.
     inbound_protocols: HashMap<u16, Protocol>,
     inbound_default: InboundPolicy,
+}
+
+/// What an address of the table leads to.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// A Service port (index into `ports`).
+    Service(usize),
+    /// A meshed pod called by its own address (index into `pods`).
+    Pod(usize),
+}
+
+/// One Service port: `routes.services[svc].ports[port]`.
+#[derive(Debug)]
+struct PortSlot {
+    svc: usize,
+    port: usize,
+    /// The traffic split's backends present in the table (indexes into
+    /// `ports`) with their weights; empty for the port itself.
+    split: Box<[(usize, u32)]>,
+    /// Its own endpoints, shared with the targets splitting traffic to it.
+    backend: OnceLock<Arc<Backend>>,
+    /// The target of its virtual addresses.
+    target: OnceLock<Arc<Target>>,
+}
+
+/// A meshed endpoint called directly: `routes.services[svc].ports[port].endpoints[endpoint]`.
+#[derive(Debug)]
+struct PodSlot {
+    svc: usize,
+    port: usize,
+    endpoint: usize,
+    target: OnceLock<Arc<Target>>,
 }
 
 /// A Service port by `(namespace, name, port)`.
@@ -141,19 +205,30 @@ impl Table {
     /// Indexes `routes` for `pod`. The inbound policy of a port is that of
     /// the Service of the pod's own namespace that lists this pod's address
     /// at that port; other ports get the namespace default.
-    pub fn new(routes: &RoutesTable, pod: &Pod) -> Self {
-        pod.upstreams.prune();
-        let backends = backends(routes, pod);
-        let mut targets = HashMap::new();
+    pub fn new(routes: RoutesTable, pod: &Pod) -> Self {
+        let vips: usize = routes
+            .services
+            .iter()
+            .map(|s| s.cluster_ips.len() * s.ports.len())
+            .sum();
+        let listed: usize = endpoints(&routes).count();
+        let mut addrs = HashMap::with_capacity_and_hasher(vips + listed, Default::default());
+        let mut ports = Vec::new();
         let mut inbound_ports = HashMap::new();
         let mut inbound_protocols = HashMap::new();
-        for svc in &routes.services {
+        for (s, svc) in routes.services.iter().enumerate() {
             let own_namespace = pod.namespace.as_deref() == Some(svc.namespace.as_str());
-            for port in &svc.ports {
-                let target = Arc::new(apex(svc, port, &backends));
+            for (p, port) in svc.ports.iter().enumerate() {
                 for ip in &svc.cluster_ips {
-                    targets.insert(SocketAddr::new(*ip, port.port), target.clone());
+                    addrs.insert(SocketAddr::new(*ip, port.port), Slot::Service(ports.len()));
                 }
+                ports.push(PortSlot {
+                    svc: s,
+                    port: p,
+                    split: Box::default(),
+                    backend: OnceLock::new(),
+                    target: OnceLock::new(),
+                });
                 if !own_namespace {
                     continue;
                 }
@@ -167,20 +242,34 @@ impl Table {
                 }
             }
         }
-        direct_targets(routes, pod, &mut targets);
+        resolve_splits(&routes, &mut ports);
+        let pods = direct_targets(&routes, pod.ip, &mut addrs);
+        let carried = pod
+            .upstreams
+            .in_use(endpoints(&routes).map(|e| (socket_addr(e), identity(e, pod.ip))));
         Self {
             generation: routes.generation,
             trust_domain: routes.trust_domain.clone(),
-            targets,
+            inbound_default: routes.defaults.inbound.clone(),
+            routes,
+            pod_ip: pod.ip,
+            upstreams: pod.upstreams.clone(),
+            addrs,
+            ports: ports.into(),
+            pods: pods.into(),
+            _carried: carried,
             inbound_ports,
             inbound_protocols,
-            inbound_default: routes.defaults.inbound.clone(),
         }
     }
 
-    /// The meshed destination behind a virtual address, if any.
+    /// The meshed destination behind a virtual address, if any; built on
+    /// its first use in this table.
     pub fn target(&self, addr: &SocketAddr) -> Option<&Arc<Target>> {
-        self.targets.get(addr)
+        Some(match *self.addrs.get(addr)? {
+            Slot::Service(i) => self.service_target(i),
+            Slot::Pod(i) => self.pod_target(i),
+        })
     }
 
     /// What the inbound side accepts on this pod's `port`: every policy
@@ -199,58 +288,118 @@ impl Table {
             .copied()
             .unwrap_or_default()
     }
-}
 
-/// Every Service port's backend, for targets and traffic splits to share.
-fn backends<'a>(routes: &'a RoutesTable, pod: &Pod) -> HashMap<PortKey<'a>, Arc<Backend>> {
-    let mut out = HashMap::new();
-    for svc in &routes.services {
-        for port in &svc.ports {
+    fn service_port(&self, svc: usize, port: usize) -> (&Service, &ServicePort) {
+        let svc = &self.routes.services[svc];
+        (svc, &svc.ports[port])
+    }
+
+    /// The target of a Service port's virtual addresses: its own backend,
+    /// or the backends of its traffic split.
+    fn service_target(&self, i: usize) -> &Arc<Target> {
+        let slot = &self.ports[i];
+        slot.target.get_or_init(|| {
+            let (svc, port) = self.service_port(slot.svc, slot.port);
+            let mut weighted: Vec<(Arc<Backend>, u32)> = slot
+                .split
+                .iter()
+                .map(|&(b, weight)| (self.port_backend(b).clone(), weight))
+                .collect();
+            if weighted.is_empty() {
+                weighted.push((self.port_backend(i).clone(), 1));
+            }
+            let name = port_name(svc, port);
+            Arc::new(target(name, port.protocol, &svc.policy.outbound, weighted))
+        })
+    }
+
+    /// A Service port's ready endpoints.
+    fn port_backend(&self, i: usize) -> &Arc<Backend> {
+        let slot = &self.ports[i];
+        slot.backend.get_or_init(|| {
+            let (svc, port) = self.service_port(slot.svc, slot.port);
+            let policy = &svc.policy.outbound;
             let endpoints = port
                 .endpoints
                 .iter()
                 .filter(|e| e.ready)
-                .map(|e| endpoint(pod, SocketAddr::new(e.address, e.port), &e.identity))
+                .map(|e| self.endpoint(e, policy))
                 .collect();
-            let backend = backend(port_name(svc, port), endpoints, &svc.policy.outbound);
-            for e in &backend.endpoints {
-                e.upstream.set_connect_timeout(backend.connect_timeout);
-            }
-            out.insert(
-                (svc.namespace.as_str(), svc.name.as_str(), port.port),
-                Arc::new(backend),
-            );
+            Arc::new(backend(port_name(svc, port).into(), endpoints, policy))
+        })
+    }
+
+    /// A meshed pod called by its own address: its one endpoint, with the
+    /// policy of the Service listing it.
+    fn pod_target(&self, i: usize) -> &Arc<Target> {
+        let slot = &self.pods[i];
+        slot.target.get_or_init(|| {
+            let (svc, port) = self.service_port(slot.svc, slot.port);
+            let e = &port.endpoints[slot.endpoint];
+            let name: Arc<str> =
+                format!("{}/{}@{}", svc.namespace, svc.name, socket_addr(e)).into();
+            let policy = &svc.policy.outbound;
+            let one = backend(name.clone(), vec![self.endpoint(e, policy)], policy);
+            Arc::new(target(
+                name,
+                port.protocol,
+                policy,
+                vec![(Arc::new(one), 1)],
+            ))
+        })
+    }
+
+    /// An endpoint, its upstream's connect timeout set from `policy`.
+    fn endpoint(&self, e: &ApiEndpoint, policy: &OutboundPolicy) -> Endpoint {
+        let addr = socket_addr(e);
+        let identity = identity(e, self.pod_ip).cloned();
+        let upstream = self.upstreams.get(addr, identity.as_ref());
+        upstream.set_connect_timeout(connect_timeout(policy));
+        Endpoint {
+            addr,
+            upstream,
+            peer: Shared(
+                identity
+                    .as_ref()
+                    .map_or_else(|| "".into(), SpiffeId::shared_str),
+            ),
+            identity,
         }
     }
-    out
 }
 
-fn backend(name: String, endpoints: Vec<Endpoint>, policy: &OutboundPolicy) -> Backend {
+/// Every endpoint listed, ready or not.
+fn endpoints(routes: &RoutesTable) -> impl Iterator<Item = &ApiEndpoint> {
+    routes
+        .services
+        .iter()
+        .flat_map(|svc| &svc.ports)
+        .flat_map(|port| &port.endpoints)
+}
+
+fn socket_addr(e: &ApiEndpoint) -> SocketAddr {
+    SocketAddr::new(e.address, e.port)
+}
+
+/// The identity to require of an endpoint; none for this pod's own
+/// address, reached in plaintext (its proxy does not intercept its own
+/// traffic, so mesh TLS would land on the app).
+fn identity(e: &ApiEndpoint, pod_ip: Option<IpAddr>) -> Option<&SpiffeId> {
+    e.identity.as_ref().filter(|_| Some(e.address) != pod_ip)
+}
+
+fn connect_timeout(policy: &OutboundPolicy) -> Option<Duration> {
+    policy.timeouts.connect_ms.map(Duration::from_millis)
+}
+
+fn backend(name: Arc<str>, endpoints: Vec<Endpoint>, policy: &OutboundPolicy) -> Backend {
     Backend {
-        name: name.into(),
+        name,
         endpoints,
-        connect_timeout: policy.timeouts.connect_ms.map(Duration::from_millis),
+        connect_timeout: connect_timeout(policy),
         load_balancer: policy.load_balancer,
         outlier: policy.outlier_detection.clone(),
         next: AtomicUsize::new(0),
-    }
-}
-
-/// An endpoint; this pod's own address is reached in plaintext (its proxy
-/// does not intercept its own traffic, so mesh TLS would land on the app).
-fn endpoint(pod: &Pod, addr: SocketAddr, identity: &Option<SpiffeId>) -> Endpoint {
-    let identity = identity.clone().filter(|_| Some(addr.ip()) != pod.ip);
-    Endpoint {
-        addr,
-        upstream: pod.upstreams.get(addr, identity.as_ref()),
-        peer: Shared(
-            identity
-                .as_ref()
-                .map(|i| i.to_string())
-                .unwrap_or_default()
-                .into(),
-        ),
-        identity,
     }
 }
 
@@ -258,40 +407,49 @@ fn port_name(svc: &Service, port: &ServicePort) -> String {
     format!("{}/{}:{}", svc.namespace, svc.name, port.port)
 }
 
-/// The target of a Service port's virtual addresses: its own backend, or
-/// the backends of its traffic split (Services of the same namespace, at the
-/// same port; a backend the table does not hold is left out).
-fn apex(
-    svc: &Service,
-    port: &ServicePort,
-    backends: &HashMap<PortKey<'_>, Arc<Backend>>,
-) -> Target {
-    let policy = &svc.policy.outbound;
-    let mut weighted: Vec<(Arc<Backend>, u32)> = policy
-        .split
+/// The backends of each traffic split: Services of the same namespace, at
+/// the same port; a backend the table does not hold is left out (warned
+/// about at every reload, not on first use).
+fn resolve_splits(routes: &RoutesTable, ports: &mut [PortSlot]) {
+    if routes
+        .services
         .iter()
-        .filter(|b| b.weight > 0)
-        .filter_map(|b| {
-            let found = backends.get(&(svc.namespace.as_str(), b.service.as_str(), port.port));
-            if found.is_none() {
-                tracing::warn!(service = %port_name(svc, port), backend = %b.service,
-                    "traffic split backend is not in the routing table; left out");
-            }
-            Some((found?.clone(), b.weight))
+        .all(|s| s.policy.outbound.split.is_empty())
+    {
+        return;
+    }
+    let by_key: HashMap<PortKey<'_>, usize> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let svc = &routes.services[slot.svc];
+            let port = svc.ports[slot.port].port;
+            ((svc.namespace.as_str(), svc.name.as_str(), port), i)
         })
         .collect();
-    if weighted.is_empty() {
-        let own = backends.get(&(svc.namespace.as_str(), svc.name.as_str(), port.port));
-        let own = own
-            .cloned()
-            .unwrap_or_else(|| Arc::new(backend(port_name(svc, port), Vec::new(), policy)));
-        weighted.push((own, 1));
+    for slot in ports.iter_mut() {
+        let svc = &routes.services[slot.svc];
+        let port = &svc.ports[slot.port];
+        slot.split = svc
+            .policy
+            .outbound
+            .split
+            .iter()
+            .filter(|b| b.weight > 0)
+            .filter_map(|b| {
+                let found = by_key.get(&(svc.namespace.as_str(), b.service.as_str(), port.port));
+                if found.is_none() {
+                    tracing::warn!(service = %port_name(svc, port), backend = %b.service,
+                        "traffic split backend is not in the routing table; left out");
+                }
+                Some((*found?, b.weight))
+            })
+            .collect();
     }
-    target(port_name(svc, port), port.protocol, policy, weighted)
 }
 
 fn target(
-    name: String,
+    name: impl Into<Arc<str>>,
     protocol: Protocol,
     policy: &OutboundPolicy,
     backends: Vec<(Arc<Backend>, u32)>,
@@ -310,31 +468,34 @@ fn target(
 }
 
 /// A meshed pod called by its own address (a headless Service, a
-/// StatefulSet peer) gets mesh TLS too; never this pod itself, whose calls
-/// to itself stay inside the pod.
-fn direct_targets(routes: &RoutesTable, pod: &Pod, targets: &mut HashMap<SocketAddr, Arc<Target>>) {
-    for svc in &routes.services {
-        for port in &svc.ports {
-            let meshed = port
-                .endpoints
-                .iter()
-                .filter(|e| e.identity.is_some() && Some(e.address) != pod.ip);
-            for e in meshed {
-                let addr = SocketAddr::new(e.address, e.port);
-                targets.entry(addr).or_insert_with(|| {
-                    let name = format!("{}/{}@{addr}", svc.namespace, svc.name);
-                    let policy = &svc.policy.outbound;
-                    let one = backend(name.clone(), vec![endpoint(pod, addr, &e.identity)], policy);
-                    Arc::new(target(
-                        name,
-                        port.protocol,
-                        policy,
-                        vec![(Arc::new(one), 1)],
-                    ))
-                });
+/// StatefulSet peer) gets mesh TLS too, with the policy of the first
+/// Service listing it; never this pod itself, whose calls to itself stay
+/// inside the pod. A virtual address keeps its Service.
+fn direct_targets(
+    routes: &RoutesTable,
+    pod_ip: Option<IpAddr>,
+    addrs: &mut foldhash::HashMap<SocketAddr, Slot>,
+) -> Vec<PodSlot> {
+    let mut pods = Vec::new();
+    for (s, svc) in routes.services.iter().enumerate() {
+        for (p, port) in svc.ports.iter().enumerate() {
+            for (e, ep) in port.endpoints.iter().enumerate() {
+                if identity(ep, pod_ip).is_none() {
+                    continue;
+                }
+                if let Entry::Vacant(free) = addrs.entry(socket_addr(ep)) {
+                    free.insert(Slot::Pod(pods.len()));
+                    pods.push(PodSlot {
+                        svc: s,
+                        port: p,
+                        endpoint: e,
+                        target: OnceLock::new(),
+                    });
+                }
             }
         }
     }
+    pods
 }
 
 #[cfg(test)]
@@ -399,7 +560,7 @@ mod tests {
 
     #[test]
     fn every_virtual_ip_leads_to_the_ready_endpoints() {
-        let table = Table::new(&routes(), &Pod::default());
+        let table = Table::new(routes(), &Pod::default());
         for vip in ["198.19.0.1:80", "[fd00::1]:80"] {
             let target = table.target(&vip.parse().unwrap()).unwrap();
             let backend = target.backend();
@@ -423,7 +584,7 @@ mod tests {
             ep.identity = Some(id.clone());
         }
         r.services[0].ports[0].endpoints[2].identity = None;
-        let table = Table::new(&r, &pod("web", "198.18.0.1"));
+        let table = Table::new(r, &pod("web", "198.18.0.1"));
         // Ready or not, a meshed pod addressed directly gets mesh TLS...
         let direct = table.target(&"198.18.0.2:9090".parse().unwrap()).unwrap();
         let only = &direct.backend().endpoints;
@@ -444,7 +605,7 @@ mod tests {
         lax.policy = Policy::default();
         lax.policy.inbound.mtls = MtlsMode::Permissive;
         r.services.insert(0, lax);
-        let table = Table::new(&r, &pod("shop", "198.18.0.1"));
+        let table = Table::new(r, &pod("shop", "198.18.0.1"));
         let modes: Vec<_> = table
             .inbound_policies(9090)
             .iter()
@@ -455,7 +616,7 @@ mod tests {
 
     #[test]
     fn pick_order_rotates_and_covers_every_endpoint() {
-        let table = Table::new(&routes(), &Pod::default());
+        let table = Table::new(routes(), &Pod::default());
         let target = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
         let order = |t: &Target| {
             t.backend()
@@ -470,18 +631,116 @@ mod tests {
 
     #[test]
     fn inbound_policy_comes_from_the_service_listing_this_pod() {
-        let own = Table::new(&routes(), &pod("shop", "198.18.0.2"));
+        let own = Table::new(routes(), &pod("shop", "198.18.0.2"));
         assert_eq!(own.inbound_policies(9090)[0].mtls, MtlsMode::Strict);
         assert_eq!(own.inbound_policies(9091)[0].mtls, MtlsMode::Permissive);
-        let not_listed = Table::new(&routes(), &pod("shop", "198.18.0.9"));
+        let not_listed = Table::new(routes(), &pod("shop", "198.18.0.9"));
         assert_eq!(
             not_listed.inbound_policies(9090)[0].mtls,
             MtlsMode::Permissive
         );
-        let other_namespace = Table::new(&routes(), &pod("web", "198.18.0.1"));
+        let other_namespace = Table::new(routes(), &pod("web", "198.18.0.1"));
         assert_eq!(
             other_namespace.inbound_policies(9090)[0].mtls,
             MtlsMode::Permissive
         );
+    }
+
+    /// The upstream behind `vip`'s first endpoint, building the target.
+    fn first_upstream(table: &Table, vip: &str) -> Arc<Upstream> {
+        let target = table.target(&vip.parse().unwrap()).unwrap();
+        target.backend().endpoints[0].upstream.clone()
+    }
+
+    #[test]
+    fn the_virtual_ips_of_a_port_share_one_target_built_on_first_use() {
+        let pod = Pod::default();
+        let table = Table::new(routes(), &pod);
+        let everything = |t: &RoutesTable| {
+            let listed: Vec<_> = endpoints(t).map(|e| (socket_addr(e), None)).collect();
+            pod.upstreams.in_use(listed).len()
+        };
+        // Indexing builds nothing...
+        assert_eq!(everything(&routes()), 0);
+        let v4 = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
+        let v6 = table.target(&"[fd00::1]:80".parse().unwrap()).unwrap();
+        // ...the first use does, once for both addresses.
+        assert!(Arc::ptr_eq(v4, v6));
+        assert_eq!(everything(&routes()), 2);
+    }
+
+    #[test]
+    fn endpoint_state_survives_reloads_while_listed() {
+        let pod = Pod::default();
+        let first = Table::new(routes(), &pod);
+        let upstream = first_upstream(&first, "198.19.0.1:80");
+        let weak = Arc::downgrade(&upstream);
+        drop(upstream);
+        // The next table is made while the first is in use, which is then
+        // dropped before the next one builds anything; and again.
+        let second = Table::new(routes(), &pod);
+        drop(first);
+        let third = Table::new(routes(), &pod);
+        drop(second);
+        let again = first_upstream(&third, "198.19.0.1:80");
+        assert!(Arc::ptr_eq(&again, &weak.upgrade().unwrap()));
+        drop(again);
+
+        // An endpoint no longer listed is forgotten with the last table
+        // that held it.
+        let mut gone = routes();
+        gone.services[0].ports[0].endpoints.remove(0);
+        let fourth = Table::new(gone, &pod);
+        drop(third);
+        assert!(weak.upgrade().is_none());
+        assert_eq!(
+            fourth
+                .target(&"198.19.0.1:80".parse().unwrap())
+                .unwrap()
+                .backend()
+                .endpoints
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_split_shares_the_backends_of_the_services_it_names() {
+        let mut r = routes();
+        let mut canary = r.services[0].clone();
+        canary.name = "cart-canary".into();
+        canary.cluster_ips = vec!["198.19.0.2".parse().unwrap()];
+        canary.ports[0].endpoints = vec![ep("198.18.0.9", true)];
+        r.services.push(canary);
+        r.services[0].policy.outbound.split = ["cart", "cart-canary", "missing"]
+            .into_iter()
+            .map(|service| weft_api::routes::WeightedBackend {
+                service: service.into(),
+                weight: 5,
+            })
+            .collect();
+        let table = Table::new(r, &Pod::default());
+        let split = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
+        let canary = table.target(&"198.19.0.2:80".parse().unwrap()).unwrap();
+        let names: Vec<_> = split.backends.iter().map(|(b, w)| (&*b.name, *w)).collect();
+        assert_eq!(names, [("shop/cart:80", 5), ("shop/cart-canary:80", 5)]);
+        assert_eq!(split.total_weight, 10);
+        assert!(Arc::ptr_eq(&split.backends[1].0, canary.backend()));
+    }
+
+    #[test]
+    fn a_virtual_address_keeps_its_service_over_a_pod_listed_there() {
+        let mut r = routes();
+        let mut odd = r.services[0].clone();
+        odd.name = "odd".into();
+        odd.cluster_ips = vec!["198.19.0.2".parse().unwrap()];
+        let mut pod_at_vip = ep("198.19.0.1", true);
+        pod_at_vip.port = 80;
+        pod_at_vip.identity = Some(weft_api::SpiffeId::workload("td", "shop", "odd").unwrap());
+        odd.ports[0].endpoints = vec![pod_at_vip];
+        r.services.push(odd);
+        let table = Table::new(r, &Pod::default());
+        let target = table.target(&"198.19.0.1:80".parse().unwrap()).unwrap();
+        assert_eq!(&*target.name, "shop/cart:80");
     }
 }

@@ -4,7 +4,6 @@
 //! connections, so a reload neither forgets which endpoint is slow nor
 //! drops idle connections to endpoints that are still there.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -197,12 +196,15 @@ fn http_client(connector: Connector, version: HttpVersion) -> HttpClient {
         .build(connector)
 }
 
-/// Every upstream in use, by address and identity. Only table builds (and
-/// new inbound connections) touch it; requests reach their upstream
-/// through the table.
+/// Every upstream in use, by address and identity. Only reloads, the first
+/// use of a destination in a table (which builds it), and new inbound
+/// connections touch it; other requests reach their upstream through the
+/// table.
 pub struct Upstreams {
     direction: Direction,
-    map: Mutex<HashMap<UpstreamKey, Weak<Upstream>>>,
+    /// foldhash: a reload looks up every endpoint listed, and the keys come
+    /// from the operator's table, not from anyone choosing collisions.
+    map: Mutex<foldhash::HashMap<UpstreamKey, Weak<Upstream>>>,
 }
 
 type UpstreamKey = (SocketAddr, Option<SpiffeId>);
@@ -235,15 +237,30 @@ impl Upstreams {
         if let Some(live) = map.get(&key).and_then(Weak::upgrade) {
             return live;
         }
-        let fresh = Arc::new(Upstream::new(self.direction, addr, identity.cloned()));
+        let fresh = Arc::new(Upstream::new(self.direction, addr, key.1.clone()));
         map.insert(key, Arc::downgrade(&fresh));
         fresh
     }
 
-    /// Forgets upstreams no table lists any more.
-    pub fn prune(&self) {
+    /// Forgets the upstreams nothing holds any more, and returns those still
+    /// in use that `listed` names, for a new table to hold: a table builds
+    /// its targets on first use, so without this the state of an endpoint
+    /// the new table still lists would be dropped with the old table before
+    /// the new one asks for it. The listed endpoints are only walked while
+    /// some upstream is in use.
+    pub fn in_use<'a>(
+        &self,
+        listed: impl IntoIterator<Item = (SocketAddr, Option<&'a SpiffeId>)>,
+    ) -> Vec<Arc<Upstream>> {
         let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         map.retain(|_, upstream| upstream.strong_count() > 0);
+        if map.is_empty() {
+            return Vec::new();
+        }
+        listed
+            .into_iter()
+            .filter_map(|(addr, identity)| map.get(&(addr, identity.cloned()))?.upgrade())
+            .collect()
     }
 }
 
