@@ -162,7 +162,8 @@ pub struct TimeoutsSpec {
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     #[x_kube(validation = Rule::new(DURATION_NOT_ZERO).message(DURATION_NOT_ZERO_MESSAGE))]
     pub connect: Option<String>,
-    /// A connection with no traffic for this long is closed.
+    /// A connection relayed as bytes (opaque TCP) with no traffic either
+    /// way for this long is closed. Not applied to HTTP connections yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     #[x_kube(validation = Rule::new(DURATION_NOT_ZERO).message(DURATION_NOT_ZERO_MESSAGE))]

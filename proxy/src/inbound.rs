@@ -248,7 +248,7 @@ impl Inbound {
         match connect(app, self.connect_timeout).await {
             Ok(upstream) => {
                 let labels = conn_labels(Direction::Inbound, client.as_ref());
-                relay(m, labels, stream, upstream).await;
+                relay(m, labels, stream, upstream, None).await;
             }
             Err(e) => {
                 count(&m.connect_failures, Direction::Inbound, "connect");

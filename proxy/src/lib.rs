@@ -24,6 +24,7 @@ pub mod detect;
 pub mod hop;
 pub mod http;
 pub mod identity;
+pub mod idle;
 pub mod inbound;
 pub mod inbound_http;
 pub mod init;

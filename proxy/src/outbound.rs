@@ -88,7 +88,7 @@ impl Outbound {
         match connect(dst, self.connect_timeout).await {
             Ok(upstream) => {
                 let labels = conn_labels(Direction::Outbound, None);
-                relay(&self.state.metrics, labels, client, upstream).await;
+                relay(&self.state.metrics, labels, client, upstream, None).await;
             }
             Err(e) => {
                 count(
@@ -121,7 +121,9 @@ impl Outbound {
             match established {
                 Ok(upstream) => {
                     let labels = conn_labels(Direction::Outbound, identity);
-                    return relay::<_, Conn>(&self.state.metrics, labels, client, upstream).await;
+                    let m = &self.state.metrics;
+                    return relay::<_, Conn>(m, labels, client, upstream, target.idle_timeout)
+                        .await;
                 }
                 Err(reason) => {
                     tracing::warn!(

@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::idle::copy_until_idle;
 use crate::metrics::{BytesLabels, ConnLabels, Direction, Metrics, Stream};
 
 /// Accepts until `shutdown`, handing each connection to `handle` on a task
@@ -46,21 +47,29 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// Copies both ways until both sides are done, passing each half-close on,
-/// then counts the bytes and the close.
-pub async fn relay<A, B>(metrics: &Metrics, labels: ConnLabels, mut client: A, mut upstream: B)
-where
+/// Copies both ways until both sides are done (or, with an `idle` limit,
+/// nothing moved for that long), passing each half-close on, then counts
+/// the bytes and the close.
+pub async fn relay<A, B>(
+    metrics: &Metrics,
+    labels: ConnLabels,
+    mut client: A,
+    mut upstream: B,
+    idle: Option<Duration>,
+) where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     metrics.opened.get_or_create(&labels).inc();
-    let (request, response) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-    {
-        Ok(counts) => counts,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection ended with an error");
-            (0, 0)
-        }
+    let (request, response) = match idle {
+        Some(limit) => copy_until_idle(client, upstream, limit).await,
+        None => match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended with an error");
+                (0, 0)
+            }
+        },
     };
     count_bytes(metrics, &labels, Stream::Request, request);
     count_bytes(metrics, &labels, Stream::Response, response);

@@ -45,6 +45,8 @@ pub struct Target {
     pub protocol: Protocol,
     /// Bounds a whole request, retries included, up to the response head.
     pub request_timeout: Option<Duration>,
+    /// Closes a connection relayed as bytes that is quiet for this long.
+    pub idle_timeout: Option<Duration>,
     pub retries: Option<Retries>,
     /// Weighted backends: the Service itself, or its traffic split.
     backends: Vec<(Arc<Backend>, u32)>,
@@ -458,6 +460,7 @@ fn target(
         name: name.into(),
         protocol,
         request_timeout: policy.timeouts.request_ms.map(Duration::from_millis),
+        idle_timeout: policy.timeouts.idle_ms.map(Duration::from_millis),
         retries: policy.retries.as_ref().map(|r| Retries {
             policy: RetryPolicy::new(r),
             budget: RetryBudget::new(r.budget_percent, r.min_per_second),

@@ -332,3 +332,37 @@ async fn opaque_ports_are_never_sniffed() {
     assert_eq!(raw, b"GET / HTTP/1.1\r\n\r\nEND b");
     assert_eq!(b.app.accepted(), 1);
 }
+
+#[tokio::test]
+async fn an_opaque_connection_quiet_for_the_idle_timeout_is_closed() {
+    let ca = Ca::new("root");
+    // An app that echoes once and then holds the connection open.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = app.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        s.write_all(&buf[..n]).await.unwrap();
+        let _ = s.read(&mut buf).await;
+    });
+    let idle = std::time::Duration::from_millis(300);
+    let mut svc = service("db", "shop", VIP, &[(app_addr, None)]);
+    svc.ports[0].protocol = Protocol::Opaque;
+    svc.policy.outbound.timeouts.idle_ms = Some(300);
+    let (client, _dir) = client_proxy(&ca, vec![svc]).await;
+
+    let mut conn = tokio::net::TcpStream::connect(client.outbound)
+        .await
+        .unwrap();
+    conn.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    conn.read_exact(&mut echo).await.unwrap();
+    let quiet_since = std::time::Instant::now();
+    let mut rest = [0u8; 1];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut rest))
+        .await
+        .expect("the proxy closes the idle connection");
+    assert_eq!(closed.unwrap(), 0, "closed, not more bytes");
+    assert!(quiet_since.elapsed() >= idle, "{:?}", quiet_since.elapsed());
+}
