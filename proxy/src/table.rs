@@ -599,12 +599,18 @@ mod tests {
         assert!(table.target(&"198.18.0.3:9090".parse().unwrap()).is_none());
     }
 
+    /// A copy of the first Service under another name and virtual IP.
+    fn sibling(r: &RoutesTable, name: &str, vip: &str) -> Service {
+        let mut s = r.services[0].clone();
+        s.name = name.into();
+        s.cluster_ips = vec![vip.parse().unwrap()];
+        s
+    }
+
     #[test]
     fn two_services_on_one_pod_port_both_apply() {
         let mut r = routes();
-        let mut lax = r.services[0].clone();
-        lax.name = "cart-admin".into();
-        lax.cluster_ips = vec!["198.19.0.9".parse().unwrap()];
+        let mut lax = sibling(&r, "cart-admin", "198.19.0.9");
         lax.policy = Policy::default();
         lax.policy.inbound.mtls = MtlsMode::Permissive;
         r.services.insert(0, lax);
@@ -710,9 +716,7 @@ mod tests {
     #[test]
     fn a_split_shares_the_backends_of_the_services_it_names() {
         let mut r = routes();
-        let mut canary = r.services[0].clone();
-        canary.name = "cart-canary".into();
-        canary.cluster_ips = vec!["198.19.0.2".parse().unwrap()];
+        let mut canary = sibling(&r, "cart-canary", "198.19.0.2");
         canary.ports[0].endpoints = vec![ep("198.18.0.9", true)];
         r.services.push(canary);
         r.services[0].policy.outbound.split = ["cart", "cart-canary", "missing"]
@@ -734,9 +738,7 @@ mod tests {
     #[test]
     fn a_virtual_address_keeps_its_service_over_a_pod_listed_there() {
         let mut r = routes();
-        let mut odd = r.services[0].clone();
-        odd.name = "odd".into();
-        odd.cluster_ips = vec!["198.19.0.2".parse().unwrap()];
+        let mut odd = sibling(&r, "odd", "198.19.0.2");
         let mut pod_at_vip = ep("198.19.0.1", true);
         pod_at_vip.port = 80;
         pod_at_vip.identity = Some(weft_api::SpiffeId::workload("td", "shop", "odd").unwrap());
