@@ -346,10 +346,11 @@ async fn an_opaque_connection_quiet_for_the_idle_timeout_is_closed() {
         s.write_all(&buf[..n]).await.unwrap();
         let _ = s.read(&mut buf).await;
     });
-    let idle = std::time::Duration::from_millis(300);
+    let idle_ms = 300;
+    let idle = std::time::Duration::from_millis(idle_ms);
     let mut svc = service("db", "shop", VIP, &[(app_addr, None)]);
     svc.ports[0].protocol = Protocol::Opaque;
-    svc.policy.outbound.timeouts.idle_ms = Some(300);
+    svc.policy.outbound.timeouts.idle_ms = Some(idle_ms);
     let (client, _dir) = client_proxy(&ca, vec![svc]).await;
 
     let mut conn = tokio::net::TcpStream::connect(client.outbound)
