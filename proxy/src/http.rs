@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessRecord;
 use crate::balance::{InFlight, Outcome};
-use crate::metrics::{Classification, GrpcStatus, Metrics, RequestLabels, ResponseLabels, Shared};
+use crate::metrics::{Classification, GrpcStatus, Metrics, Shared};
+use crate::series::RequestSeries;
 use crate::state::State;
 use crate::table::Backend;
 use crate::upstream::HttpVersion;
@@ -155,7 +156,7 @@ pub fn tunnel(client: hyper::upgrade::OnUpgrade, response: &mut Response<Incomin
 /// What is recorded when a response ends.
 pub struct Completion {
     pub state: Arc<State>,
-    pub labels: RequestLabels,
+    pub series: Arc<RequestSeries>,
     pub status: StatusCode,
     /// `Some` for gRPC responses: the status from the head (trailers-only
     /// responses), replaced by the trailers' when they come.
@@ -173,10 +174,10 @@ pub struct Completion {
 }
 
 impl Completion {
-    pub fn new(state: Arc<State>, labels: RequestLabels, start: Instant) -> Self {
+    pub fn new(state: Arc<State>, series: Arc<RequestSeries>, start: Instant) -> Self {
         Self {
             state,
-            labels,
+            series,
             status: StatusCode::OK,
             grpc_status: None,
             start,
@@ -211,17 +212,13 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let m = &self.state.metrics;
         let classification = self.classification();
-        m.latency
-            .get_or_create(&self.labels)
-            .observe(self.latency.as_secs_f64());
-        m.responses
-            .get_or_create(&ResponseLabels {
-                request: self.labels.clone(),
-                status_code: self.status.as_u16(),
-                classification,
-                grpc_status: GrpcStatus(self.grpc_status.flatten()),
-            })
-            .inc();
+        self.series.response(
+            m,
+            self.latency,
+            self.status.as_u16(),
+            classification,
+            GrpcStatus(self.grpc_status.flatten()),
+        );
         if let Some((in_flight, backend)) = self.in_flight.take() {
             let outcome = match classification {
                 Classification::Success => Outcome::Success,

@@ -28,6 +28,7 @@ use crate::http::{
 };
 use crate::inbound::Inbound;
 use crate::metrics::{ConnLabels, DeniedLabels, Direction, RequestLabels, Shared};
+use crate::series::RequestSeries;
 use crate::upstream::{HttpClient, HttpVersion};
 
 /// What every request of one inbound connection shares.
@@ -41,7 +42,8 @@ pub struct InboundConn {
     /// The client's verified identity; `None` for plaintext.
     client: Option<SpiffeId>,
     version: HttpVersion,
-    labels: RequestLabels,
+    /// Every request of the connection has the same labels.
+    series: Arc<RequestSeries>,
 }
 
 impl InboundConn {
@@ -61,12 +63,15 @@ impl InboundConn {
             authority: Authority::try_from(app.to_string())
                 .unwrap_or_else(|_| Authority::from_static("localhost")),
             dst,
-            labels: RequestLabels {
-                direction: Direction::Inbound,
-                destination: Shared(format!(":{}", app.port()).into()),
-                tls: client.is_some(),
-                peer_identity: Shared(peer.into()),
-            },
+            series: Arc::new(RequestSeries::new(
+                &inbound.state.metrics,
+                RequestLabels {
+                    direction: Direction::Inbound,
+                    destination: Shared(format!(":{}", app.port()).into()),
+                    tls: client.is_some(),
+                    peer_identity: Shared(peer.into()),
+                },
+            )),
             client,
             version,
         })
@@ -78,7 +83,7 @@ impl InboundConn {
         tracing::debug!(client = ?self.client, port = self.dst.port(), reason, "request denied");
         let labels = DeniedLabels {
             direction: Direction::Inbound,
-            peer_identity: self.labels.peer_identity.0.to_string(),
+            peer_identity: self.series.labels.peer_identity.0.to_string(),
             reason,
         };
         self.inbound
@@ -93,8 +98,8 @@ impl InboundConn {
     pub fn conn_labels(&self) -> ConnLabels {
         ConnLabels {
             direction: Direction::Inbound,
-            peer_identity: self.labels.peer_identity.0.to_string(),
-            tls: self.labels.tls,
+            peer_identity: self.series.labels.peer_identity.0.to_string(),
+            tls: self.series.labels.tls,
         }
     }
 }
@@ -120,13 +125,13 @@ async fn handle(conn: &InboundConn, mut req: Request<Incoming>) -> Response<Resp
     let request_id = ensure_request_id(req.headers_mut());
     ensure_traceparent(req.headers_mut());
     let state = &conn.inbound.state;
-    state.metrics.requests.get_or_create(&conn.labels).inc();
-    let mut completion = Completion::new(state.clone(), conn.labels.clone(), start);
+    conn.series.request();
+    let mut completion = Completion::new(state.clone(), conn.series.clone(), start);
     completion.access = AccessRecord::start(
         conn.inbound.access_log,
         Direction::Inbound,
         &req,
-        &conn.labels.peer_identity.0,
+        &conn.series.labels.peer_identity.0,
         &request_id,
     );
     let mut response = match conn.inbound.authorize(conn.dst, conn.client.as_ref()) {

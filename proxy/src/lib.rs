@@ -37,6 +37,7 @@ pub mod reload;
 pub mod retry;
 pub mod routes_doc;
 pub mod run;
+pub mod series;
 pub mod sniff;
 pub mod state;
 pub mod table;

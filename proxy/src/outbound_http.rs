@@ -26,6 +26,7 @@ use crate::http::{
 use crate::metrics::{Direction, Metrics, RequestLabels, Shared};
 use crate::outbound::Outbound;
 use crate::retry::{Failure, MAX_BUFFERED_BODY};
+use crate::series::RequestSeries;
 use crate::table::{Backend, Endpoint, Target};
 use crate::upstream::{ConnectError, RequestBody};
 
@@ -64,9 +65,9 @@ async fn handle(
     let state = outbound.state.clone();
     let Some(target) = target else {
         // The Service left the table while its connection was open.
-        let labels = labels(Shared::default(), None);
-        state.metrics.requests.get_or_create(&labels).inc();
-        let completion = Completion::new(state, labels, start);
+        let series = RequestSeries::new(&state.metrics, labels(Shared::default(), None));
+        series.request();
+        let completion = Completion::new(state, Arc::new(series), start);
         return finish(
             error_response(StatusCode::SERVICE_UNAVAILABLE, "no route"),
             completion,
@@ -94,8 +95,9 @@ async fn handle(
     // the response.
     let endpoint = call.last.as_ref().map(|l| &l.backend.endpoints[l.index]);
     let labels = labels(Shared(target.name.clone()), endpoint);
-    state.metrics.requests.get_or_create(&labels).inc();
-    let mut completion = Completion::new(state, labels, start);
+    let series = target.series.get(&state.metrics, labels);
+    series.request();
+    let mut completion = Completion::new(state, series, start);
     completion.in_flight = call.last.take().map(|l| (l.in_flight, l.backend));
     completion.access = record;
     finish(response, completion)

@@ -25,6 +25,7 @@ use weft_api::routes::{
 use crate::balance::{self, EndpointStats};
 use crate::metrics::Shared;
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::series::SeriesCache;
 use crate::upstream::{Upstream, Upstreams};
 
 /// Who this proxy serves, for picking its inbound policy out of the table,
@@ -51,6 +52,8 @@ pub struct Target {
     /// Weighted backends: the Service itself, or its traffic split.
     backends: Vec<(Arc<Backend>, u32)>,
     total_weight: u32,
+    /// Its requests' metric series, by the endpoint identity that answered.
+    pub series: SeriesCache,
 }
 
 /// The caller's retry policy and the budget that bounds it.
@@ -467,6 +470,7 @@ fn target(
         }),
         total_weight: backends.iter().map(|(_, w)| w).sum(),
         backends,
+        series: SeriesCache::default(),
     }
 }
 
