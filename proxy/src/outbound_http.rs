@@ -27,7 +27,7 @@ use crate::metrics::{Direction, Metrics, RequestLabels, Shared};
 use crate::outbound::Outbound;
 use crate::retry::{Failure, MAX_BUFFERED_BODY};
 use crate::series::RequestSeries;
-use crate::table::{Backend, Endpoint, Target};
+use crate::table::{Backend, Endpoint, Retries, Target};
 use crate::upstream::{ConnectError, RequestBody};
 
 /// Serves an application connection detected as HTTP.
@@ -40,19 +40,25 @@ pub async fn serve_outbound(
     let authority = Authority::try_from(dst.to_string()).ok();
     let shutdown = outbound.shutdown.clone();
     let service = hyper::service::service_fn(move |req| {
-        let outbound = outbound.clone();
-        let authority = authority.clone();
-        async move { Ok::<_, Infallible>(handle(&outbound, dst, authority, req).await) }
+        Box::pin(handle(outbound.clone(), dst, authority.clone(), req))
     });
     serve(client, version, service, shutdown).await;
 }
 
+/// Answers one request; failures are answers too, hence `Infallible`.
+///
+/// The service boxes this future and calls it directly, not from an
+/// `async` block. Hyper moves each request's future into a task of its own
+/// (HTTP/2) and tokio moves it again to store and drop it: boxed, that is
+/// a pointer instead of kilobytes. And each level of `async` functions
+/// keeps its own copy of the request in the future. Figures in
+/// `bench/README.md`.
 async fn handle(
-    outbound: &Arc<Outbound>,
+    outbound: Arc<Outbound>,
     dst: SocketAddr,
     authority: Option<Authority>,
     mut req: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let request_id = ensure_request_id(req.headers_mut());
     ensure_traceparent(req.headers_mut());
@@ -68,10 +74,10 @@ async fn handle(
         let series = RequestSeries::new(&state.metrics, labels(Shared::default(), None));
         series.request();
         let completion = Completion::new(state, Arc::new(series), start);
-        return finish(
+        return Ok(finish(
             error_response(StatusCode::SERVICE_UNAVAILABLE, "no route"),
             completion,
-        );
+        ));
     };
     if let Some(authority) = &authority {
         absolute_uri(&mut req, authority);
@@ -84,7 +90,7 @@ async fn handle(
         &request_id,
     );
     let mut call = Call {
-        outbound,
+        outbound: &outbound,
         target: &target,
         start,
         last: None,
@@ -100,7 +106,7 @@ async fn handle(
     let mut completion = Completion::new(state, series, start);
     completion.in_flight = call.last.take().map(|l| (l.in_flight, l.backend));
     completion.access = record;
-    finish(response, completion)
+    Ok(finish(response, completion))
 }
 
 fn labels(destination: Shared, endpoint: Option<&Endpoint>) -> RequestLabels {
@@ -145,13 +151,13 @@ enum Payload {
 
 impl Call<'_> {
     async fn run(&mut self, req: Request<Incoming>) -> Response<Inner> {
-        let metrics = &self.outbound.state.metrics;
-        let destination = Shared(self.target.name.clone());
         match self.target.request_timeout {
             None => self.attempts(req).await,
             Some(limit) => match tokio::time::timeout(limit, self.attempts(req)).await {
                 Ok(response) => response,
                 Err(_) => {
+                    let metrics = &self.outbound.state.metrics;
+                    let destination = Shared(self.target.name.clone());
                     Metrics::count_for(&metrics.request_timeouts, &destination);
                     error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
                 }
@@ -159,14 +165,22 @@ impl Call<'_> {
         }
     }
 
-    /// Sends the request, and again while the retry policy and budget allow.
+    /// Sends the request: once, or under the target's retry policy.
     async fn attempts(&mut self, mut req: Request<Incoming>) -> Response<Inner> {
         let upgrade = wants_tunnel(&req);
         strip_hop_by_hop(req.headers_mut(), upgrade);
-        let retries = self.target.retries.as_ref().filter(|_| !upgrade);
-        let Some(retries) = retries else {
-            return self.once(req, upgrade).await;
-        };
+        let target = self.target;
+        match target.retries.as_ref().filter(|_| !upgrade) {
+            None => self.once(req, upgrade).await,
+            // Boxed: the retry loop's state (request head, buffered body,
+            // an attempt) would otherwise enlarge every request's future,
+            // moved on each spawn and poll, retried or not.
+            Some(retries) => Box::pin(self.retrying(req, retries)).await,
+        }
+    }
+
+    /// Sends the request, and again while the retry policy and budget allow.
+    async fn retrying(&mut self, req: Request<Incoming>, retries: &Retries) -> Response<Inner> {
         retries.budget.record_request(self.start);
         let (parts, body) = req.into_parts();
         let payload = buffer(body).await;
