@@ -29,7 +29,7 @@ use crate::http::{
 use crate::inbound::Inbound;
 use crate::metrics::{ConnLabels, DeniedLabels, Direction, RequestLabels, Shared};
 use crate::series::RequestSeries;
-use crate::upstream::{HttpClient, HttpVersion};
+use crate::upstream::{HttpClient, HttpVersion, SendError};
 
 /// What every request of one inbound connection shares.
 pub struct InboundConn {
@@ -172,7 +172,7 @@ async fn forward(conn: &InboundConn, mut req: Request<Incoming>) -> Response<Inn
             strip_hop_by_hop(response.headers_mut(), keep_upgrade);
             response.map(Either::Left)
         }
-        Err(e) if e.is_connect() => {
+        Err(e @ SendError::Connect(_)) => {
             tracing::info!(error = %e, "application refused the connection");
             error_response(
                 StatusCode::BAD_GATEWAY,

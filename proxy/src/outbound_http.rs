@@ -28,7 +28,7 @@ use crate::outbound::Outbound;
 use crate::retry::{Failure, MAX_BUFFERED_BODY};
 use crate::series::RequestSeries;
 use crate::table::{Backend, Endpoint, Retries, Target};
-use crate::upstream::{ConnectError, RequestBody};
+use crate::upstream::{RequestBody, SendError};
 
 /// Serves an application connection detected as HTTP.
 pub async fn serve_outbound(
@@ -338,28 +338,14 @@ fn pick(backend: &Backend, previous: Option<usize>, now: Instant) -> Option<usiz
 }
 
 /// The proxy's answer when the client could not get a response.
-fn failed(e: &hyper_util::client::legacy::Error) -> (Response<Inner>, Option<Failure>) {
-    let reason = connect_reason(e);
-    if e.is_connect() {
-        let reason = reason.unwrap_or("connect failed");
+fn failed(e: &SendError) -> (Response<Inner>, Option<Failure>) {
+    if let SendError::Connect(reason) = e {
         let response = error_response(StatusCode::BAD_GATEWAY, reason);
         return (response, Some(Failure::ConnectFailure));
     }
     tracing::debug!(error = %e, "upstream request failed");
     let response = error_response(StatusCode::BAD_GATEWAY, "upstream reset");
     (response, Some(Failure::Reset))
-}
-
-/// The reason our connector gave, found in the error's chain.
-fn connect_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(ConnectError(reason)) = err.downcast_ref::<ConnectError>() {
-            return Some(reason);
-        }
-        source = err.source();
-    }
-    None
 }
 
 /// Reads a body of known length up to [`MAX_BUFFERED_BODY`] so it can be

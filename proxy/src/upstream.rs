@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::Uri;
 use hyper::body::{Bytes, Incoming};
@@ -27,6 +28,7 @@ use tokio_rustls::client::TlsStream;
 use weft_api::SpiffeId;
 
 use crate::balance::EndpointStats;
+use crate::h2_upstream::H2Upstream;
 use crate::metrics::{Direction, count};
 use crate::relay::{conn_labels, connect};
 use crate::state::State;
@@ -35,8 +37,74 @@ use crate::tls::{self, MeshProtocol};
 /// A request body on its way upstream: streamed as received, or replayed
 /// from a buffer (retries).
 pub type RequestBody = Either<Incoming, Full<Bytes>>;
-/// A pooled HTTP client bound to one upstream address.
-pub type HttpClient = Client<Connector, RequestBody>;
+
+/// An HTTP client bound to one upstream address.
+#[derive(Clone)]
+pub enum HttpClient {
+    /// HTTP/1.1: hyper-util's pool, one connection per request in flight.
+    Http1(Arc<Client<Connector, RequestBody>>),
+    /// HTTP/2: one shared connection.
+    Http2(Arc<H2Upstream>),
+}
+
+impl HttpClient {
+    /// Sends `req` and waits for the response head.
+    pub async fn request(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        match self {
+            Self::Http1(client) => client.request(req).await.map_err(SendError::from_pooled),
+            Self::Http2(h2) => h2.request(req).await,
+        }
+    }
+}
+
+/// Why a request got no response from its upstream.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be opened; the reason is a fixed string, used in
+    /// metrics and in `weft-error` headers.
+    Connect(&'static str),
+    /// The connection failed under the request, or the upstream reset it.
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl SendError {
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed(Box::new(e))
+    }
+
+    /// From hyper-util's pooled client: our connector's reason, found in the
+    /// error's chain, when it could not connect.
+    fn from_pooled(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            return Self::Connect(connect_reason(&e).unwrap_or("connect failed"));
+        }
+        Self::failed(e)
+    }
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(reason) => f.write_str(reason),
+            Self::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The reason our connector gave, found in the error's chain.
+fn connect_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(ConnectError(reason)) = err.downcast_ref::<ConnectError>() {
+            return Some(reason);
+        }
+        source = err.source();
+    }
+    None
+}
 
 /// How long an idle pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -160,8 +228,7 @@ impl Upstream {
         self.connect_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The pooled client speaking `version` to this upstream, made on first
-    /// use. `default_timeout` applies while no policy sets a connect timeout.
+    /// The client speaking `version` to this upstream, made on first use. `default_timeout` applies while no policy sets a connect timeout.
     pub fn client(
         &self,
         version: HttpVersion,
@@ -182,17 +249,19 @@ impl Upstream {
                 timeout_ms: self.connect_timeout_ms.clone(),
                 default_timeout,
             }));
-            http_client(connector, version)
+            match version {
+                HttpVersion::Http1 => HttpClient::Http1(Arc::new(pooled_client(connector))),
+                HttpVersion::Http2 => HttpClient::Http2(Arc::new(H2Upstream::new(connector))),
+            }
         })
     }
 }
 
-fn http_client(connector: Connector, version: HttpVersion) -> HttpClient {
+fn pooled_client(connector: Connector) -> Client<Connector, RequestBody> {
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE)
-        .http2_only(version == HttpVersion::Http2)
         .build(connector)
 }
 
@@ -264,8 +333,9 @@ impl Upstreams {
     }
 }
 
-/// Opens connections for one upstream's pooled client. The request URI is
-/// ignored: it carries the caller's authority, not where to connect.
+/// Opens connections for one upstream's client. As hyper-util's connector,
+/// the request URI is ignored: it carries the caller's authority, not where
+/// to connect.
 /// One `Arc`: hyper's pooled client clones its connector on every request,
 /// even when a pooled connection serves it, and the fields (the identity's
 /// text) would cost allocations each time.
@@ -294,6 +364,13 @@ impl tower_service::Service<Uri> for Connector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
+        self.dial()
+    }
+}
+
+impl Connector {
+    /// Opens a connection to the upstream.
+    pub fn dial(&self) -> <Self as tower_service::Service<Uri>>::Future {
         let this = self.0.clone();
         Box::pin(async move {
             let state = this.state.upgrade().ok_or(ConnectError("shutting down"))?;
@@ -332,7 +409,7 @@ impl Dial {
     }
 }
 
-/// A pooled connection, as hyper's client wants it.
+/// An upstream connection, as hyper's clients want it.
 pub struct Pooled {
     io: TokioIo<Conn>,
     /// Counts the close.
