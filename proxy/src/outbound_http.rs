@@ -149,34 +149,49 @@ enum Payload {
     Broken,
 }
 
+/// The request's way to its attempt is one `async fn`: each level it is
+/// moved into stores it again in the request's future (hundreds of bytes,
+/// copied on every call).
 impl Call<'_> {
-    async fn run(&mut self, req: Request<Incoming>) -> Response<Inner> {
-        match self.target.request_timeout {
-            None => self.attempts(req).await,
-            Some(limit) => match tokio::time::timeout(limit, self.attempts(req)).await {
-                Ok(response) => response,
-                Err(_) => {
-                    let metrics = &self.outbound.state.metrics;
-                    let destination = Shared(self.target.name.clone());
-                    Metrics::count_for(&metrics.request_timeouts, &destination);
-                    error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
-                }
-            },
-        }
-    }
-
-    /// Sends the request: once, or under the target's retry policy.
-    async fn attempts(&mut self, mut req: Request<Incoming>) -> Response<Inner> {
+    /// Sends the request, once or under the target's retry policy, within
+    /// the target's request timeout. Without retries the body streams
+    /// through and upgrades become tunnels.
+    async fn run(&mut self, mut req: Request<Incoming>) -> Response<Inner> {
         let upgrade = wants_tunnel(&req);
         strip_hop_by_hop(req.headers_mut(), upgrade);
         let target = self.target;
-        match target.retries.as_ref().filter(|_| !upgrade) {
-            None => self.once(req, upgrade).await,
+        let limit = target.request_timeout;
+        let response = match target.retries.as_ref().filter(|_| !upgrade) {
+            None => {
+                let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+                let req = req.map(Either::Left);
+                match limit {
+                    None => Some(self.attempt(req, None, None, on_upgrade).await.0.response),
+                    Some(limit) => {
+                        tokio::time::timeout(limit, self.attempt(req, None, None, on_upgrade))
+                            .await
+                            .ok()
+                            .map(|(attempted, _)| attempted.response)
+                    }
+                }
+            }
             // Boxed: the retry loop's state (request head, buffered body,
             // an attempt) would otherwise enlarge every request's future,
             // moved on each spawn and poll, retried or not.
-            Some(retries) => Box::pin(self.retrying(req, retries)).await,
-        }
+            Some(retries) => {
+                let retrying = Box::pin(self.retrying(req, retries));
+                match limit {
+                    None => Some(retrying.await),
+                    Some(limit) => tokio::time::timeout(limit, retrying).await.ok(),
+                }
+            }
+        };
+        response.unwrap_or_else(|| {
+            let metrics = &self.outbound.state.metrics;
+            let destination = Shared(target.name.clone());
+            Metrics::count_for(&metrics.request_timeouts, &destination);
+            error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
+        })
     }
 
     /// Sends the request, and again while the retry policy and budget allow.
@@ -240,15 +255,6 @@ impl Call<'_> {
                 Outcome::Failure,
             );
         }
-    }
-
-    /// One attempt without retries: the body streams through, upgrades
-    /// become tunnels.
-    async fn once(&mut self, mut req: Request<Incoming>, upgrade: bool) -> Response<Inner> {
-        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let req = req.map(Either::Left);
-        let (result, _) = self.attempt(req, None, None, on_upgrade).await;
-        result.response
     }
 
     /// Sends `req` to an endpoint of the target (another than `previous`

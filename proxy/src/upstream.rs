@@ -25,6 +25,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either as EitherFuture;
 use weft_api::SpiffeId;
 
 use crate::balance::EndpointStats;
@@ -48,14 +49,20 @@ pub enum HttpClient {
 }
 
 impl HttpClient {
-    /// Sends `req` and waits for the response head.
-    pub async fn request(
+    /// Sends `req`; the future resolves to the response head. A plain
+    /// function, not an `async fn`: each level of `async fn` a request is
+    /// moved into stores it again in the request's future (hundreds of
+    /// bytes, copied on every call).
+    pub fn request(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         match self {
-            Self::Http1(client) => client.request(req).await.map_err(SendError::from_pooled),
-            Self::Http2(h2) => h2.request(req).await,
+            Self::Http1(client) => {
+                let sent = client.request(req);
+                EitherFuture::Left(async move { sent.await.map_err(SendError::from_pooled) })
+            }
+            Self::Http2(h2) => EitherFuture::Right(h2.request(req)),
         }
     }
 }
@@ -388,7 +395,7 @@ impl Connector {
             )
             .await?;
             Ok(Pooled {
-                io: TokioIo::new(conn),
+                io: TokioIo::new(Box::new(conn)),
                 closed: this.count_opened(&state),
             })
         })
@@ -411,7 +418,11 @@ impl Dial {
 
 /// An upstream connection, as hyper's clients want it.
 pub struct Pooled {
-    io: TokioIo<Conn>,
+    /// Boxed: hyper's HTTP/2 client holds the connection inline in a
+    /// future type that it also uses for every request's response task,
+    /// so each request's spawn would copy (and allocate) the TLS session's
+    /// kilobyte too. Figures in `bench/README.md`.
+    io: TokioIo<Box<Conn>>,
     /// Counts the close.
     closed: Option<Counter>,
 }
