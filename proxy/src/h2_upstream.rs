@@ -176,6 +176,13 @@ mod tests {
         accepted
     }
 
+    /// [`server`] on a fresh port of 127.0.0.1.
+    async fn serving(close_after_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (addr, server(listener, close_after_first).await)
+    }
+
     async fn serve(stream: tokio::net::TcpStream, close_after_first: bool) {
         let first = Arc::new(Notify::new());
         let notify = first.clone();
@@ -217,9 +224,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_share_one_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = server(listener, false).await;
+        let (addr, accepted) = serving(false).await;
         let state = State::new();
         let h2 = client(&state, addr);
         let all = futures::future::join_all((0..20).map(|_| get(&h2, addr))).await;
@@ -232,9 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_closed_by_the_upstream_is_replaced() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = server(listener, true).await;
+        let (addr, accepted) = serving(true).await;
         let state = State::new();
         let h2 = client(&state, addr);
         for _ in 0..4 {
