@@ -292,10 +292,12 @@ impl Call<'_> {
             index,
             at: now,
         });
-        let sent = client.request(req);
+        // The request's future is made in each arm, not once before them:
+        // a future held in a local and then moved into `timeout` is stored
+        // twice in this one.
         let result = match per_try {
-            Some(limit) => tokio::time::timeout(limit, sent).await.ok(),
-            None => Some(sent.await),
+            Some(limit) => tokio::time::timeout(limit, client.request(req)).await.ok(),
+            None => Some(client.request(req).await),
         };
         let (response, failure) = match result {
             None => (
