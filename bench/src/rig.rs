@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use weft_api::names::env;
 use weft_api::routes::{
     Defaults, Endpoint, InboundPolicy, MtlsMode, Policy, Protocol, RoutesTable, Service,
     ServicePort,
@@ -284,8 +285,10 @@ fn weft_proxy(
         .args(["--admin-addr", &admin.to_string()])
         .args(["--original-dst", &original_dst.to_string()])
         .args(["--api-watch", "off", "--log", "warn"])
-        .env("WEFT_POD_NAMESPACE", NAMESPACE)
-        .env("WEFT_SERVICE_ACCOUNT", service_account);
+        .env(env::POD_NAMESPACE, NAMESPACE)
+        .env(env::SERVICE_ACCOUNT, service_account)
+        // As injected: the proxy's malloc settings are part of it.
+        .env(env::GLIBC_TUNABLES, env::PROXY_GLIBC_TUNABLES);
     Ok(WeftProxy {
         command,
         dir: dir.to_path_buf(),

@@ -339,6 +339,7 @@ impl Mesh {
             (env::IDENTITY_DIR, identity.display().to_string()),
             (env::LOG, self.settings.log.clone()),
             (env::LOG_FORMAT, "plain".to_owned()),
+            (env::GLIBC_TUNABLES, env::PROXY_GLIBC_TUNABLES.to_owned()),
             ("NO_COLOR", "1".to_owned()),
             // There is no API server: the mounted files are the only source.
             ("WEFT_API_WATCH", "off".to_owned()),

@@ -501,6 +501,7 @@ fn proxy_container(settings: &Settings, cfg: &InjectConfig) -> Container {
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
         value(env::LOG, &settings.log_level),
         value(env::LOG_FORMAT, "json"),
+        value(env::GLIBC_TUNABLES, env::PROXY_GLIBC_TUNABLES),
     ];
     if !settings.opaque_ports.is_empty() {
         env_vars.push(value("WEFT_OPAQUE_PORTS", &settings.opaque_ports));
