@@ -97,11 +97,10 @@ pub fn error_response(status: StatusCode, reason: &'static str) -> Response<Inne
     response
 }
 
-/// Gives an origin-form request (HTTP/1) the absolute URI the pooled client
-/// needs, with `authority` (the upstream's address: the pool key). The
-/// client then sends origin-form again with the caller's `Host` header
-/// untouched; the URI's authority is never used to connect. Reuses the
-/// caller's path bytes and the shared authority: nothing is copied.
+/// Gives a request for an HTTP/2 upstream the scheme and authority its
+/// pseudo-headers need, with `authority` (the upstream's address) when the
+/// client's request named none. Reuses the caller's path bytes and the
+/// shared authority: nothing is copied.
 pub fn absolute_uri<B>(req: &mut Request<B>, authority: &Authority) {
     if req.uri().scheme().is_some() {
         return;

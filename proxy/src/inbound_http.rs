@@ -158,8 +158,8 @@ async fn handle(
 async fn forward(conn: &InboundConn, mut req: Request<Incoming>) -> Response<Inner> {
     let upgrade = wants_tunnel(&req);
     strip_hop_by_hop(req.headers_mut(), upgrade);
-    absolute_uri(&mut req, &conn.authority);
     if conn.version == HttpVersion::Http2 {
+        absolute_uri(&mut req, &conn.authority);
         *req.version_mut() = Version::HTTP_2;
     }
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));

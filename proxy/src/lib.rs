@@ -21,6 +21,7 @@ pub mod balance;
 pub mod client_hello;
 pub mod correlation;
 pub mod detect;
+pub mod h1_upstream;
 pub mod h2_upstream;
 pub mod hop;
 pub mod http;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use tokio::net::TcpStream;
@@ -79,7 +79,9 @@ async fn handle(
             completion,
         ));
     };
-    if let Some(authority) = &authority {
+    if let Some(authority) = &authority
+        && req.version() == Version::HTTP_2
+    {
         absolute_uri(&mut req, authority);
     }
     let record = AccessRecord::start(

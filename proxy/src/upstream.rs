@@ -15,11 +15,8 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::Uri;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -29,6 +26,7 @@ use tokio_util::either::Either as EitherFuture;
 use weft_api::SpiffeId;
 
 use crate::balance::EndpointStats;
+use crate::h1_upstream::H1Upstream;
 use crate::h2_upstream::H2Upstream;
 use crate::metrics::{Direction, count};
 use crate::relay::{conn_labels, connect};
@@ -42,8 +40,8 @@ pub type RequestBody = Either<Incoming, Full<Bytes>>;
 /// An HTTP client bound to one upstream address.
 #[derive(Clone)]
 pub enum HttpClient {
-    /// HTTP/1.1: hyper-util's pool, one connection per request in flight.
-    Http1(Arc<Client<Connector, RequestBody>>),
+    /// HTTP/1.1: a pool, one connection per request in flight.
+    Http1(Arc<H1Upstream>),
     /// HTTP/2: one shared connection.
     Http2(Arc<H2Upstream>),
 }
@@ -58,10 +56,7 @@ impl HttpClient {
         req: Request<RequestBody>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         match self {
-            Self::Http1(client) => {
-                let sent = client.request(req);
-                EitherFuture::Left(async move { sent.await.map_err(SendError::from_pooled) })
-            }
+            Self::Http1(h1) => EitherFuture::Left(h1.request(req)),
             Self::Http2(h2) => EitherFuture::Right(h2.request(req)),
         }
     }
@@ -81,15 +76,6 @@ impl SendError {
     pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Failed(Box::new(e))
     }
-
-    /// From hyper-util's pooled client: our connector's reason, found in the
-    /// error's chain, when it could not connect.
-    fn from_pooled(e: hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
-            return Self::Connect(connect_reason(&e).unwrap_or("connect failed"));
-        }
-        Self::failed(e)
-    }
 }
 
 impl fmt::Display for SendError {
@@ -100,21 +86,6 @@ impl fmt::Display for SendError {
         }
     }
 }
-
-/// The reason our connector gave, found in the error's chain.
-fn connect_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(ConnectError(reason)) = err.downcast_ref::<ConnectError>() {
-            return Some(reason);
-        }
-        source = err.source();
-    }
-    None
-}
-
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// An open upstream connection, plain or mesh TLS.
 pub type Conn = tokio_util::either::Either<TcpStream, TlsStream<TcpStream>>;
@@ -257,19 +228,11 @@ impl Upstream {
                 default_timeout,
             }));
             match version {
-                HttpVersion::Http1 => HttpClient::Http1(Arc::new(pooled_client(connector))),
+                HttpVersion::Http1 => HttpClient::Http1(Arc::new(H1Upstream::new(connector))),
                 HttpVersion::Http2 => HttpClient::Http2(Arc::new(H2Upstream::new(connector))),
             }
         })
     }
-}
-
-fn pooled_client(connector: Connector) -> Client<Connector, RequestBody> {
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .build(connector)
 }
 
 /// Every upstream in use, by address and identity. Only reloads, the first
@@ -340,13 +303,9 @@ impl Upstreams {
     }
 }
 
-/// Opens connections for one upstream's client. As hyper-util's connector,
-/// the request URI is ignored: it carries the caller's authority, not where
-/// to connect.
-/// One `Arc`: hyper's pooled client clones its connector on every request,
-/// even when a pooled connection serves it, and the fields (the identity's
-/// text) would cost allocations each time.
-#[derive(Clone)]
+/// Opens connections for one upstream's client. One `Arc`, which a dial's
+/// future shares: it lives on its own while the request waiting for it may
+/// go away.
 pub struct Connector(Arc<Dial>);
 
 /// Where and how a [`Connector`] connects.
@@ -361,23 +320,12 @@ struct Dial {
     default_timeout: Duration,
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = Pooled;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        self.dial()
-    }
-}
+/// A connection on its way.
+pub type Dialing = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
 
 impl Connector {
     /// Opens a connection to the upstream.
-    pub fn dial(&self) -> <Self as tower_service::Service<Uri>>::Future {
+    pub fn dial(&self) -> Dialing {
         let this = self.0.clone();
         Box::pin(async move {
             let state = this.state.upgrade().ok_or(ConnectError("shutting down"))?;
@@ -432,12 +380,6 @@ impl Drop for Pooled {
         if let Some(closed) = &self.closed {
             closed.inc();
         }
-    }
-}
-
-impl Connection for Pooled {
-    fn connected(&self) -> Connected {
-        Connected::new()
     }
 }
 
