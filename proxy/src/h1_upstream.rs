@@ -27,12 +27,14 @@ use std::time::Duration;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{Builder, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::upstream::{Connector, RequestBody, SendError};
+use crate::upstream::{Connector, RequestBody, SendError, UpstreamBody};
 
 type Sender = SendRequest<RequestBody>;
 
@@ -72,14 +74,14 @@ impl H1Upstream {
     pub async fn request(
         self: &Arc<Self>,
         mut req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         origin_form(&mut req);
         let (slot, reused) = match self.checkout() {
             Some(slot) => (slot, true),
             None => (Box::pin(self.connect()).await?, false),
         };
         let mut failed = match slot.send(req).await {
-            Ok(response) => return Ok(response),
+            Ok(response) => return Ok(response.map(Either::Left)),
             Err(failed) => failed,
         };
         match failed.take_message() {
@@ -94,10 +96,12 @@ impl H1Upstream {
     async fn resend(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let slot = self.connect().await?;
-        let sent = slot.send(req).await;
-        sent.map_err(|e| SendError::failed(e.into_error()))
+        match slot.send(req).await {
+            Ok(response) => Ok(response.map(Either::Left)),
+            Err(e) => Err(SendError::failed(e.into_error())),
+        }
     }
 
     /// The connection freed last that is still open, after closing those
@@ -140,7 +144,8 @@ impl H1Upstream {
             .dial()
             .await
             .map_err(|e| SendError::Connect(e.0))?;
-        let (sender, conn) = Builder::new().handshake(io).await.map_err(|e| {
+        let handshake = Builder::new().handshake(TokioIo::new(io));
+        let (sender, conn) = handshake.await.map_err(|e| {
             tracing::debug!(error = %e, "HTTP/1.1 handshake with the upstream failed");
             SendError::Connect("http1 handshake")
         })?;
@@ -218,9 +223,8 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::{BodyExt, Either, Full};
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Bytes;
-    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -293,7 +297,7 @@ mod tests {
         let response = h1.request(req).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await;
-        Ok((status, body.map_err(SendError::failed)?.to_bytes()))
+        Ok((status, body.map_err(SendError::Failed)?.to_bytes()))
     }
 
     fn ok(body: &'static str) -> (u16, Bytes) {

@@ -1,36 +1,73 @@
-//! HTTP/2 to one upstream over one shared connection. HTTP/2 multiplexes,
-//! so a pool is bookkeeping each request pays for without use: hyper-util's
-//! legacy client hashed a pool key, checked a connection out and moved the
-//! request through its nested futures, 8.5% of the outbound proxy's
-//! instructions per HTTP/2 request. Here a request clones the connection's
-//! handle and sends.
+//! HTTP/2 to one upstream over one shared connection, with the h2 crate
+//! directly. HTTP/2 multiplexes, so a pool is bookkeeping each request pays
+//! for without use: hyper-util's legacy client hashed a pool key, checked a
+//! connection out and moved the request through its nested futures, 8.5%
+//! of the outbound proxy's instructions per HTTP/2 request. And hyper's own
+//! HTTP/2 client hands each request to the connection's task through a
+//! channel, spawns a task per request to wait for its response and sends
+//! the response back through a oneshot channel. Here a request opens its
+//! stream on a clone of the connection's handle and waits for the response
+//! in its own future; only a request body still to come gets a task, to
+//! stream it.
 //!
 //! The connection is made on first use by whichever request gets there
 //! first; requests arriving meanwhile wait for that attempt and share its
 //! outcome, so an endpoint that does not answer costs one connect timeout,
 //! not one per waiting request. If the request making the attempt goes away
 //! (cancelled, timed out), a waiting one takes the attempt over. The next
-//! request after a failed attempt, or after the connection closed, makes a
-//! new one. A request the connection closed under before it was sent
-//! (GOAWAY, the peer restarting) goes once more on a new connection, as
-//! hyper-util's client did: it never reached the upstream, so this is safe
-//! whatever the method.
+//! request after a failed attempt, or after the connection closed or was
+//! told to go away (GOAWAY), makes a new one. A request the connection
+//! refused before its stream was opened (GOAWAY, the peer restarting) goes
+//! once more on a new connection, as hyper-util's client did: it never
+//! reached the upstream, so this is safe whatever the method.
+//!
+//! A CONNECT stream the upstream agreed to (2xx) becomes a tunnel: see
+//! [`H2Body::take_tunnel`].
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use bytes::{Bytes, BytesMut};
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Method, Request, Response};
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
-use crate::upstream::{ConnectError, Connector, RequestBody, SendError};
+use crate::upstream::{ConnectError, Connector, RequestBody, SendError, UpstreamBody};
 
-type Sender = SendRequest<RequestBody>;
+/// hyper's HTTP/2 client defaults, which this client replaced.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// An open connection: its handle, and whether it is spent (closed, or
+/// told to go away) so that the next request makes a new one.
+struct Open {
+    sender: SendRequest<Bytes>,
+    spent: Arc<AtomicBool>,
+}
+
+impl Open {
+    fn is_spent(&self) -> bool {
+        self.spent.load(Ordering::Relaxed)
+    }
+}
 
 /// One attempt at a connection, and its outcome once there is one.
-type Attempt = OnceCell<Result<Sender, ConnectError>>;
+type Attempt = OnceCell<Result<Open, ConnectError>>;
+
+/// A request that did not get a stream, and why.
+struct Unsent(Request<RequestBody>, h2::Error);
 
 pub struct H2Upstream {
     connector: Connector,
@@ -52,39 +89,42 @@ impl H2Upstream {
     pub async fn request(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let (mut sender, opened) = match self.open() {
-            Some(sender) => (sender, false),
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let (open, opened) = match self.open() {
+            Some(open) => (open, false),
             None => Box::pin(self.sender()).await?,
         };
-        let mut failed = match sender.try_send_request(req).await {
-            Ok(response) => return Ok(response),
-            Err(failed) => failed,
-        };
-        match failed.take_message() {
+        match send(open, req).await {
+            Ok(response) => Ok(response),
             // Never sent, on a connection that had served before: it closed
-            // under the request. A connection this request just opened is
-            // not tried again: the upstream is failing, not closing.
-            Some(req) if !opened => Box::pin(self.resend(req)).await,
-            _ => Err(SendError::failed(failed.into_error())),
+            // or went away under the request. A connection this request
+            // just opened is not tried again: the upstream is failing, not
+            // closing.
+            Err(Either::Left(Unsent(req, _))) if !opened => Box::pin(self.resend(req)).await,
+            Err(Either::Left(Unsent(_, e))) => Err(SendError::failed(e)),
+            Err(Either::Right(e)) => Err(e),
         }
     }
 
-    async fn resend(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, SendError> {
-        let (mut sender, _) = self.sender().await?;
-        sender.send_request(req).await.map_err(SendError::failed)
+    async fn resend(&self, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+        let (open, _) = self.sender().await?;
+        match send(open, req).await {
+            Ok(response) => Ok(response),
+            Err(Either::Left(Unsent(_, e))) => Err(SendError::failed(e)),
+            Err(Either::Right(e)) => Err(e),
+        }
     }
 
     /// A handle on the open connection, if there is one.
-    fn open(&self) -> Option<Sender> {
+    fn open(&self) -> Option<Open> {
         match self.attempt.load().get() {
-            Some(Ok(sender)) if !sender.is_closed() => Some(sender.clone()),
+            Some(Ok(open)) if !open.is_spent() => Some(open.clone()),
             _ => None,
         }
     }
 
     /// A handle on an open connection, and whether this call opened it.
-    async fn sender(&self) -> Result<(Sender, bool), SendError> {
+    async fn sender(&self) -> Result<(Open, bool), SendError> {
         let attempt = self.usable_attempt();
         let mut opened = false;
         let outcome = attempt
@@ -94,7 +134,7 @@ impl H2Upstream {
             })
             .await;
         match outcome {
-            Ok(sender) => Ok((sender.clone(), opened)),
+            Ok(open) => Ok((open.clone(), opened)),
             Err(e) => Err(SendError::Connect(e.0)),
         }
     }
@@ -106,7 +146,7 @@ impl H2Upstream {
         let current = self.attempt.load_full();
         let spent = match current.get() {
             None => false,
-            Some(Ok(sender)) => sender.is_closed(),
+            Some(Ok(open)) => open.is_spent(),
             Some(Err(_)) => true,
         };
         if !spent {
@@ -124,25 +164,252 @@ impl H2Upstream {
     /// Opens a connection (TCP, mesh TLS when the upstream has an
     /// identity) and starts HTTP/2 on it; the connection runs in a task of
     /// its own until the upstream closes it or every handle is dropped.
-    async fn connect(&self) -> Result<Sender, ConnectError> {
+    async fn connect(&self) -> Result<Open, ConnectError> {
         let io = self.connector.dial().await?;
-        let (sender, conn) = Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(io)
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| {
                 tracing::debug!(error = %e, "HTTP/2 handshake with the upstream failed");
                 ConnectError("http2 handshake")
             })?;
+        let spent = Arc::new(AtomicBool::new(false));
+        let ended = spent.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
             }
+            ended.store(true, Ordering::Relaxed);
         });
-        Ok(sender)
+        Ok(Open { sender, spent })
     }
 }
 
+impl Clone for Open {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            spent: self.spent.clone(),
+        }
+    }
+}
+
+/// Opens a stream for `req` on `open` and waits for the response head; a
+/// request body still to come is streamed by a task of its own. A request
+/// that got no stream comes back (left); any other failure is final
+/// (right).
+async fn send(
+    mut open: Open,
+    req: Request<RequestBody>,
+) -> Result<Response<UpstreamBody>, Either<Unsent, SendError>> {
+    if let Err(e) = poll_fn(|cx| open.sender.poll_ready(cx)).await {
+        open.spent.store(true, Ordering::Relaxed);
+        return Err(Either::Left(Unsent(req, e)));
+    }
+    let (head, body) = req.into_parts();
+    let connect = head.method == Method::CONNECT;
+    let end = body.is_end_stream() && !connect;
+    let sent = open.sender.send_request(Request::from_parts(head, ()), end);
+    let (response, stream) = sent.map_err(|e| Either::Right(SendError::failed(e)))?;
+    let stream = match (connect, end) {
+        (true, _) => Some(stream),
+        (false, false) => {
+            tokio::spawn(stream_body(body, stream));
+            None
+        }
+        (false, true) => None,
+    };
+    let response = response
+        .await
+        .map_err(|e| Either::Right(SendError::failed(e)))?;
+    let tunnel = stream.filter(|_| response.status().is_success());
+    Ok(response.map(|recv| Either::Right(H2Body::new(recv, tunnel))))
+}
+
+/// Streams a request body to its stream, trailers included; resets the
+/// stream if the body fails.
+async fn stream_body(mut body: RequestBody, mut stream: SendStream<Bytes>) {
+    if let Err(e) = pump(&mut body, &mut stream).await {
+        tracing::debug!(error = %e, "request body not sent in full");
+        stream.send_reset(Reason::CANCEL);
+    }
+}
+
+async fn pump(body: &mut RequestBody, stream: &mut SendStream<Bytes>) -> Result<(), Error> {
+    loop {
+        // A reset from the upstream ends the wait for the next frame.
+        let frame = tokio::select! {
+            biased;
+            reset = poll_fn(|cx| stream.poll_reset(cx)) => {
+                return Err(reset.map_or_else(Into::into, |r| h2::Error::from(r).into()));
+            }
+            frame = body.frame() => frame,
+        };
+        let Some(frame) = frame else {
+            return Ok(stream.send_data(Bytes::new(), true)?);
+        };
+        let frame = match frame?.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                send_data(stream, data, end).await?;
+                if end {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            return Ok(stream.send_trailers(trailers)?);
+        }
+    }
+}
+
+/// Sends `data` as the stream's flow control allows, ending the stream
+/// with it when `end`. Capacity is reserved only for data in hand: reserved
+/// ahead, it would hold back the connection's window from other streams.
+async fn send_data(
+    stream: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), h2::Error> {
+    if data.is_empty() {
+        return stream.send_data(data, end);
+    }
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            Some(granted) => granted?,
+            None => return Err(h2::Error::from(Reason::CANCEL)),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let chunk = data.split_to(granted.min(data.len()));
+        stream.send_data(chunk, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// A response body from an HTTP/2 upstream. Received data is handed back
+/// to flow control as it is passed on, so the upstream sends more only as
+/// fast as the client reads.
+pub struct H2Body {
+    /// `None` once a tunnel took the stream: the body is then empty.
+    recv: Option<RecvStream>,
+    data_done: bool,
+    /// A CONNECT stream's sending half, until the tunnel takes it.
+    tunnel: Option<SendStream<Bytes>>,
+}
+
+impl H2Body {
+    fn new(recv: RecvStream, tunnel: Option<SendStream<Bytes>>) -> Self {
+        Self {
+            recv: Some(recv),
+            data_done: false,
+            tunnel,
+        }
+    }
+
+    /// A CONNECT stream the upstream agreed to: both halves, for the
+    /// tunnel to relay bytes through; the body is left empty.
+    pub fn take_tunnel(&mut self) -> Option<(SendStream<Bytes>, RecvStream)> {
+        let send = self.tunnel.take()?;
+        Some((send, self.recv.take()?))
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        let Some(recv) = &mut this.recv else {
+            return Poll::Ready(None);
+        };
+        if !this.data_done {
+            match ready!(recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // The upstream ending the stream early without an error
+                // (it has all it wanted) ends the body, as hyper's does.
+                Some(Err(e)) if stopped_early(&e) => return Poll::Ready(None),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) if stopped_early(&e) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.as_ref().is_none_or(RecvStream::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.is_end_stream() {
+            SizeHint::with_exact(0)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// Relays bytes between a client's upgraded connection and an HTTP/2
+/// CONNECT stream (DATA frames both ways) until both directions end.
+pub async fn relay<C>(client: C, mut send: SendStream<Bytes>, mut recv: RecvStream)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut reader, mut writer) = tokio::io::split(client);
+    let up = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(TUNNEL_READ);
+            if reader.read_buf(&mut buf).await? == 0 {
+                return Ok::<_, Error>(send.send_data(Bytes::new(), true)?);
+            }
+            send_data(&mut send, buf.split().freeze(), false).await?;
+        }
+    };
+    let down = async {
+        while let Some(data) = recv.data().await {
+            let data = data?;
+            let _ = recv.flow_control().release_capacity(data.len());
+            writer.write_all(&data).await?;
+        }
+        Ok::<_, Error>(writer.shutdown().await?)
+    };
+    let (up, down) = tokio::join!(up, down);
+    if let Err(e) = up.and(down) {
+        tracing::debug!(error = %e, "HTTP/2 tunnel ended with an error");
+    }
+}
+
+/// How much a tunnel reads from its client at a time.
+const TUNNEL_READ: usize = 16 * 1024;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn stopped_early(e: &h2::Error) -> bool {
+    matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL))
+}
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -151,8 +418,8 @@ mod tests {
     use std::time::Duration;
 
     use http_body_util::{BodyExt, Either, Full};
-    use hyper::body::Bytes;
-    use hyper_util::rt::TokioIo;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
 
@@ -219,7 +486,7 @@ mod tests {
         let response = h2.request(req).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await;
-        Ok((status, body.map_err(SendError::failed)?.to_bytes()))
+        Ok((status, body.map_err(SendError::Failed)?.to_bytes()))
     }
 
     #[tokio::test]
@@ -269,5 +536,85 @@ mod tests {
         let accepted = server(listener, false).await;
         assert_eq!(get(&h2, addr).await.unwrap().0, 200);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// An HTTP/2 server that echoes each request's body, and answers
+    /// CONNECT with 200 and then echoes the tunnel's bytes.
+    async fn echoing() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(|mut req: Request<Incoming>| async move {
+                    if req.method() == Method::CONNECT {
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(upgrade.await?));
+                            tokio::io::copy(&mut r, &mut w).await?;
+                            w.shutdown().await?;
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                        });
+                        return Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())));
+                    }
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok(Response::new(Full::new(body)))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(conn);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_every_window_go_both_ways_intact() {
+        let addr = echoing().await;
+        let state = State::new();
+        let h2 = client(&state, addr);
+        // Past the upstream's stream and connection windows (hyper's
+        // server: 1 MiB each) and this client's (2 and 5 MiB): flow control
+        // must be released as data is read, both ways.
+        let sent: Bytes = (0..6 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let req = Request::post(format!("http://{addr}/echo"))
+            .body(Either::Right(Full::new(sent.clone())))
+            .unwrap();
+        let response = h2.request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed.len(), sent.len());
+        assert!(echoed == sent);
+    }
+
+    #[tokio::test]
+    async fn an_agreed_connect_stream_becomes_a_tunnel() {
+        let addr = echoing().await;
+        let state = State::new();
+        let h2 = client(&state, addr);
+        let req = Request::connect("named.test:443")
+            .version(http::Version::HTTP_2)
+            .body(Either::Right(Full::new(Bytes::new())))
+            .unwrap();
+        let mut response = h2.request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let Either::Right(body) = response.body_mut() else {
+            panic!("an HTTP/2 response has an HTTP/2 body");
+        };
+        let (send, recv) = body.take_tunnel().expect("a CONNECT stream agreed to");
+        assert!(response.body().is_end_stream());
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(relay(theirs, send, recv));
+        let (mut r, mut w) = tokio::io::split(ours);
+        for message in [&b"through"[..], b"and back"] {
+            w.write_all(message).await.unwrap();
+            let mut echoed = vec![0; message.len()];
+            r.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(echoed, message);
+        }
+        // Our end closing ends the stream; the echo's end closes ours.
+        w.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 }

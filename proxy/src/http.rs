@@ -21,17 +21,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessRecord;
 use crate::balance::{InFlight, Outcome};
+use crate::h2_upstream;
 use crate::metrics::{Classification, GrpcStatus, Metrics, Shared};
 use crate::series::RequestSeries;
 use crate::state::State;
 use crate::table::Backend;
-use crate::upstream::HttpVersion;
+use crate::upstream::{HttpVersion, UpstreamBody};
 
 /// The header naming what the proxy could not do, on responses it makes.
 pub const WEFT_ERROR: &str = "weft-error";
 
 /// A response body: the upstream's, or one the proxy made.
-pub type Inner = Either<Incoming, Full<Bytes>>;
+pub type Inner = Either<UpstreamBody, Full<Bytes>>;
 /// What the proxy answers with.
 pub type ResponseBody = Observed<Inner>;
 
@@ -132,11 +133,24 @@ pub fn wants_tunnel(req: &Request<Incoming>) -> bool {
 }
 
 /// Once the upstream agreed to an upgrade (`101`, or `2xx` to CONNECT),
-/// relays bytes between the two upgraded connections.
-pub fn tunnel(client: hyper::upgrade::OnUpgrade, response: &mut Response<Incoming>) {
+/// relays bytes between the two upgraded connections: hyper's on both
+/// sides for HTTP/1.1, the CONNECT stream's two halves for HTTP/2.
+pub fn tunnel(client: hyper::upgrade::OnUpgrade, response: &mut Response<UpstreamBody>) {
     let agreed =
         response.status() == StatusCode::SWITCHING_PROTOCOLS || response.status().is_success();
     if !agreed {
+        return;
+    }
+    if let Either::Right(h2) = response.body_mut() {
+        let Some((send, recv)) = h2.take_tunnel() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match client.await {
+                Ok(client) => h2_upstream::relay(TokioIo::new(client), send, recv).await,
+                Err(e) => tracing::debug!(error = %e, "client upgrade did not complete"),
+            }
+        });
         return;
     }
     let upstream = hyper::upgrade::on(response);

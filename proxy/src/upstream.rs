@@ -16,9 +16,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -27,7 +27,7 @@ use weft_api::SpiffeId;
 
 use crate::balance::EndpointStats;
 use crate::h1_upstream::H1Upstream;
-use crate::h2_upstream::H2Upstream;
+use crate::h2_upstream::{H2Body, H2Upstream};
 use crate::metrics::{Direction, count};
 use crate::relay::{conn_labels, connect};
 use crate::state::State;
@@ -36,6 +36,9 @@ use crate::tls::{self, MeshProtocol};
 /// A request body on its way upstream: streamed as received, or replayed
 /// from a buffer (retries).
 pub type RequestBody = Either<Incoming, Full<Bytes>>;
+
+/// A response body from an upstream: hyper's (HTTP/1.1) or h2's.
+pub type UpstreamBody = Either<Incoming, H2Body>;
 
 /// An HTTP client bound to one upstream address.
 #[derive(Clone)]
@@ -54,7 +57,7 @@ impl HttpClient {
     pub fn request(
         &self,
         req: Request<RequestBody>,
-    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + '_ {
         match self {
             Self::Http1(h1) => EitherFuture::Left(h1.request(req)),
             Self::Http2(h2) => EitherFuture::Right(h2.request(req)),
@@ -343,7 +346,7 @@ impl Connector {
             )
             .await?;
             Ok(Pooled {
-                io: TokioIo::new(Box::new(conn)),
+                io: conn,
                 closed: this.count_opened(&state),
             })
         })
@@ -364,13 +367,9 @@ impl Dial {
     }
 }
 
-/// An upstream connection, as hyper's clients want it.
+/// An upstream connection; counts its close when dropped.
 pub struct Pooled {
-    /// Boxed: hyper's HTTP/2 client holds the connection inline in a
-    /// future type that it also uses for every request's response task,
-    /// so each request's spawn would copy (and allocate) the TLS session's
-    /// kilobyte too. Figures in `bench/README.md`.
-    io: TokioIo<Box<Conn>>,
+    io: Conn,
     /// Counts the close.
     closed: Option<Counter>,
 }
@@ -383,17 +382,17 @@ impl Drop for Pooled {
     }
 }
 
-impl hyper::rt::Read for Pooled {
+impl AsyncRead for Pooled {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl hyper::rt::Write for Pooled {
+impl AsyncWrite for Pooled {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

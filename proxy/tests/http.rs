@@ -168,6 +168,29 @@ async fn connect_becomes_a_tunnel_too() {
 }
 
 #[tokio::test]
+async fn an_http2_connect_tunnels_through_both_proxies_as_http2_streams() {
+    let ca = Ca::new("root");
+    let (_pod, client, _dir) = one_pod(&ca, InboundPolicy::default()).await;
+    let mut conn = h2(client.outbound).await;
+    let req = http::Request::builder()
+        .method("CONNECT")
+        .uri("cart.shop:80")
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
+        .unwrap();
+    conn.ready().await.unwrap();
+    let response = conn.send_request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    for message in [&b"through"[..], b"and back again"] {
+        tunnel.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tunnel.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+}
+
+#[tokio::test]
 async fn a_reload_moves_new_requests_and_lets_in_flight_ones_finish() {
     let ca = Ca::new("root");
     let old = WebPod::start(&ca, "old", InboundPolicy::default()).await;
