@@ -372,7 +372,8 @@ impl Body for H2Body {
 }
 
 /// Relays bytes between a client's upgraded connection and an HTTP/2
-/// CONNECT stream (DATA frames both ways) until both directions end.
+/// CONNECT stream (DATA frames both ways) until both directions end or
+/// either fails.
 pub async fn relay<C>(client: C, mut send: SendStream<Bytes>, mut recv: RecvStream)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -396,9 +397,11 @@ where
         }
         Ok::<_, Error>(writer.shutdown().await?)
     };
-    let (up, down) = tokio::join!(up, down);
-    if let Err(e) = up.and(down) {
+    // A failure either way resets the stream, which ends the other way too.
+    let relayed = tokio::try_join!(up, down);
+    if let Err(e) = relayed {
         tracing::debug!(error = %e, "HTTP/2 tunnel ended with an error");
+        send.send_reset(Reason::CANCEL);
     }
 }
 
