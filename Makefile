@@ -5,8 +5,15 @@ CARGO ?= cargo
 
 all: build
 
+# Release binaries. The proxy is built on its own: built in one cargo run
+# with the operator, the features the operator's dependencies ask of shared
+# crates (rustls's TLS 1.2 and logging, tracing's `log` bridge) would reach
+# it too, and its HTTP/2 path runs 2.5% more instructions per request.
+RELEASE_PROXY = $(CARGO) build --release --bins -p weft-proxy
+
 build:
-	$(CARGO) build --workspace --release --bins
+	$(RELEASE_PROXY)
+	$(CARGO) build --workspace --exclude weft-proxy --release --bins
 
 test: fmt-check lint unit chart-test bench-smoke
 
@@ -38,7 +45,8 @@ clean:
 WEFT_DEMO = $(CARGO) run --release --quiet -p weft-e2e --bin weft-demo --
 demo:
 	@e2e/demo/prereqs.sh
-	$(CARGO) build --workspace --release --bins
+	$(RELEASE_PROXY)
+	$(CARGO) build --workspace --exclude weft-proxy --release --bins
 	@trap '$(WEFT_DEMO) down >/dev/null' EXIT; trap 'exit 130' INT TERM HUP; \
 	  $(WEFT_DEMO) up --manifests e2e/demo $(DEMO_FLAGS)
 
@@ -117,7 +125,8 @@ bench-deps:
 	@command -v oha >/dev/null || $(CARGO) install oha --locked
 
 bench: bench-deps
-	$(CARGO) build --release --bins -p weft-proxy -p weft-e2e -p weft-operator -p weft-bench
+	$(RELEASE_PROXY)
+	$(CARGO) build --release --bins -p weft-e2e -p weft-operator -p weft-bench
 	target/release/weft-bench --bin-dir target/release --out bench/results
 
 bench-smoke: bench-deps
