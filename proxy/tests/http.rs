@@ -138,12 +138,17 @@ async fn websocket_upgrade_becomes_a_tunnel_through_both_proxies() {
     conn.ready().await.unwrap();
     let response = conn.send_request(req).await.unwrap();
     assert_eq!(response.status(), 101);
+    echoes_through(response, &[b"hello", b"again"]).await;
+}
+
+/// Upgrades `response` and checks each message comes back through it.
+async fn echoes_through(response: http::Response<hyper::body::Incoming>, messages: &[&[u8]]) {
     let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
-    for message in [&b"hello"[..], b"again"] {
+    for message in messages {
         tunnel.write_all(message).await.unwrap();
         let mut echoed = vec![0u8; message.len()];
         tunnel.read_exact(&mut echoed).await.unwrap();
-        assert_eq!(echoed, message);
+        assert_eq!(&echoed, message);
     }
 }
 
@@ -160,11 +165,7 @@ async fn connect_becomes_a_tunnel_too() {
     conn.ready().await.unwrap();
     let response = conn.send_request(req).await.unwrap();
     assert_eq!(response.status(), 200);
-    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
-    tunnel.write_all(b"through").await.unwrap();
-    let mut echoed = [0u8; 7];
-    tunnel.read_exact(&mut echoed).await.unwrap();
-    assert_eq!(&echoed, b"through");
+    echoes_through(response, &[b"through"]).await;
 }
 
 #[tokio::test]
@@ -181,13 +182,7 @@ async fn an_http2_connect_tunnels_through_both_proxies_as_http2_streams() {
     conn.ready().await.unwrap();
     let response = conn.send_request(req).await.unwrap();
     assert_eq!(response.status(), 200);
-    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(response).await.unwrap());
-    for message in [&b"through"[..], b"and back again"] {
-        tunnel.write_all(message).await.unwrap();
-        let mut echoed = vec![0u8; message.len()];
-        tunnel.read_exact(&mut echoed).await.unwrap();
-        assert_eq!(echoed, message);
-    }
+    echoes_through(response, &[b"through", b"and back again"]).await;
 }
 
 #[tokio::test]
