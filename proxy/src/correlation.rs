@@ -12,8 +12,9 @@
 //! the entries worth reusing (authority, user agent, content type) and
 //! costing a table search and insert per header per hop (measured below).
 
+use bytes::Bytes;
 use http::HeaderMap;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{Entry, HeaderName, HeaderValue};
 
 // Header names as constants: inserting by `&str` would allocate a copy of
 // a non-standard name on every request.
@@ -34,27 +35,34 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// The request's ID: the one present if non-empty, else a new UUID v4,
 /// which is inserted. Either way marked sensitive (see the module doc).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get_mut(REQUEST_ID).filter(|id| !id.is_empty()) {
-        id.set_sensitive(true);
-        return id.clone();
+    let fresh = || ascii_value(uuid_v4());
+    match headers.entry(REQUEST_ID) {
+        Entry::Occupied(mut found) if !found.get().is_empty() => {
+            found.get_mut().set_sensitive(true);
+            found.get().clone()
+        }
+        Entry::Occupied(mut found) => {
+            let id = fresh();
+            found.insert(id.clone());
+            id
+        }
+        Entry::Vacant(missing) => missing.insert(fresh()).clone(),
     }
-    let id = ascii_value(&uuid_v4());
-    headers.insert(REQUEST_ID, id.clone());
-    id
 }
 
 /// Keeps a valid `traceparent`; otherwise (absent or malformed) starts a
 /// new, unsampled trace and drops any `tracestate`, whose entries describe
 /// a trace this request no longer belongs to.
 pub fn ensure_traceparent(headers: &mut HeaderMap) {
-    if let Some(value) = headers
-        .get_mut(TRACEPARENT)
-        .filter(|v| valid_traceparent(v.as_bytes()))
-    {
-        value.set_sensitive(true);
-        return;
+    let fresh = || ascii_value(new_traceparent());
+    match headers.entry(TRACEPARENT) {
+        Entry::Occupied(mut found) if valid_traceparent(found.get().as_bytes()) => {
+            found.get_mut().set_sensitive(true);
+            return;
+        }
+        Entry::Occupied(mut found) => drop(found.insert(fresh())),
+        Entry::Vacant(missing) => drop(missing.insert(fresh())),
     }
-    headers.insert(TRACEPARENT, ascii_value(&new_traceparent()));
     headers.remove(TRACESTATE);
 }
 
@@ -123,9 +131,13 @@ fn is_lower_hex(field: &[u8]) -> bool {
 }
 
 /// A sensitive header value from bytes this module formatted: hex digits
-/// and `-` are always valid, so the empty fallback is never used.
-fn ascii_value(bytes: &[u8]) -> HeaderValue {
-    let mut value = HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static(""));
+/// and `-` are always valid, so the empty fallback is never used. The
+/// bytes are shared from the start (one allocation holding them and their
+/// count): a request ID is cloned for the response, and a value copied
+/// from a slice would allocate again on its first clone.
+fn ascii_value<const N: usize>(bytes: [u8; N]) -> HeaderValue {
+    let shared = HeaderValue::from_maybe_shared(Bytes::from_owner(bytes));
+    let mut value = shared.unwrap_or_else(|_| HeaderValue::from_static(""));
     value.set_sensitive(true);
     value
 }
