@@ -94,19 +94,17 @@ impl SpiffeId {
         &self.uri[self.path_start..]
     }
 
-    /// `(namespace, service_account)` of a Weft workload identity.
+    /// `(namespace, service_account)` of a Weft workload identity. The
+    /// inbound proxy asks this of its caller's ID on every request a
+    /// namespace rule decides, so it cuts the path where it must rather than
+    /// splitting all of it (parsing already refused empty segments).
     pub fn workload_parts(&self) -> Result<(&str, &str), SpiffeIdError> {
-        let mut segments = self.path().split('/').skip(1);
-        match (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) {
-            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Ok((ns, sa)),
-            _ => Err(SpiffeIdError::NotWorkload),
-        }
+        let parts = self.path().strip_prefix("/ns/").and_then(|rest| {
+            let (ns, rest) = rest.split_once('/')?;
+            let sa = rest.strip_prefix("sa/")?;
+            (!sa.contains('/')).then_some((ns, sa))
+        });
+        parts.ok_or(SpiffeIdError::NotWorkload)
     }
 
     pub fn as_str(&self) -> &str {
@@ -283,7 +281,15 @@ mod tests {
 
     #[test]
     fn workload_parts_need_exact_shape() {
-        for path in ["/ns/a", "/ns/a/sa", "/ns/a/sa/b/c", "/sa/b/ns/a"] {
+        let paths = [
+            "/ns/a",
+            "/ns/a/sa",
+            "/ns/a/sa/b/c",
+            "/sa/b/ns/a",
+            "/ns/a/b/sa/c",
+            "/ns/a/x/b",
+        ];
+        for path in paths {
             let id = SpiffeId::parse(&format!("spiffe://td{path}")).unwrap();
             assert_eq!(
                 id.workload_parts(),
