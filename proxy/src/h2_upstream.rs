@@ -559,8 +559,13 @@ mod tests {
                         });
                         return Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::new())));
                     }
-                    let body = req.into_body().collect().await?.to_bytes();
-                    Ok(Response::new(Full::new(body)))
+                    let body = req.into_body().collect().await?;
+                    let trailer = body.trailers().and_then(|t| t.get("x-sum").cloned());
+                    let mut response = Response::new(Full::new(body.to_bytes()));
+                    if let Some(sum) = trailer {
+                        response.headers_mut().insert("x-got-sum", sum);
+                    }
+                    Ok(response)
                 });
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
@@ -587,6 +592,58 @@ mod tests {
         let echoed = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(echoed.len(), sent.len());
         assert!(echoed == sent);
+    }
+
+    /// Serves HTTP/2 on a fresh port of 127.0.0.1 by passing each request,
+    /// its body as received, to `h2`: what the proxies do.
+    async fn relaying(h2: Arc<H2Upstream>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let h2 = h2.clone();
+                async move {
+                    let sent = h2.request(req.map(Either::Left)).await;
+                    sent.map_err(|e| e.to_string())
+                }
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = conn.await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_arrives_with_its_trailers() {
+        let upstream = echoing().await;
+        let state = State::new();
+        let relay = relaying(client(&state, upstream)).await;
+        let stream = tokio::net::TcpStream::connect(relay).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-sum", http::HeaderValue::from_static("abc"));
+        let frames = [
+            Frame::data(Bytes::from_static(b"part one, ")),
+            Frame::data(Bytes::from_static(b"part two")),
+            Frame::trailers(trailers),
+        ];
+        let body = http_body_util::StreamBody::new(futures::stream::iter(
+            frames.map(Ok::<_, std::convert::Infallible>),
+        ));
+        let req = Request::post(format!("http://{upstream}/echo"))
+            .body(body)
+            .unwrap();
+        let response = sender.send_request(req).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["x-got-sum"], "abc");
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed, "part one, part two");
     }
 
     #[tokio::test]
