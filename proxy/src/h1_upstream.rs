@@ -10,9 +10,10 @@
 //! back. Nothing is spawned or allocated per request.
 //!
 //! The connection freed last is used first, so after a burst the extra
-//! connections stay unused and are closed once idle for [`IDLE_TIMEOUT`];
-//! the check runs when the pool is next used, and an upstream no table
-//! lists any more is dropped with its connections.
+//! connections stay unused and are closed once idle for [`IDLE_TIMEOUT`]:
+//! by the pool's next use, or by a reaper task that runs while any
+//! connection is free (one timer per upstream, armed for the oldest). An
+//! upstream no table lists any more is dropped with its connections.
 //!
 //! A request a reused connection closed under before it was sent (the
 //! upstream closed an idle keep-alive connection, and we had not read the
@@ -43,8 +44,27 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct H1Upstream {
     connector: Connector,
+    pool: Mutex<Pool>,
+}
+
+#[derive(Default)]
+struct Pool {
     /// Connections ready for a request, the one freed last at the end.
-    idle: Mutex<Vec<Idle>>,
+    free: Vec<Idle>,
+    /// Whether the reaper runs: from the first connection freed until
+    /// none is left free.
+    reaping: bool,
+}
+
+impl Pool {
+    /// Closes the connections idle for [`IDLE_TIMEOUT`] or longer: the
+    /// oldest, at the front.
+    fn close_expired(&mut self, now: Instant) {
+        let expired = self.free.iter();
+        let expired = expired.take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT);
+        let expired = expired.count();
+        self.free.drain(..expired);
+    }
 }
 
 struct Idle {
@@ -65,7 +85,7 @@ impl H1Upstream {
     pub fn new(connector: Connector) -> Self {
         Self {
             connector,
-            idle: Mutex::default(),
+            pool: Mutex::default(),
         }
     }
 
@@ -107,14 +127,9 @@ impl H1Upstream {
     /// The connection freed last that is still open, after closing those
     /// idle for longer than [`IDLE_TIMEOUT`].
     fn checkout(&self) -> Option<Arc<Slot>> {
-        let now = Instant::now();
-        let mut idle = self.lock_idle();
-        let expired = idle
-            .iter()
-            .take_while(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
-        while let Some(Idle { slot, .. }) = idle.pop() {
+        let mut pool = self.lock_pool();
+        pool.close_expired(Instant::now());
+        while let Some(Idle { slot, .. }) = pool.free.pop() {
             if slot.lock().is_ready() {
                 return Some(slot);
             }
@@ -122,17 +137,25 @@ impl H1Upstream {
         None
     }
 
-    /// Puts a freed connection back, unless it closed.
-    fn release(&self, slot: Arc<Slot>) {
+    /// Puts a freed connection back, unless it closed, and starts the
+    /// reaper if it is not running.
+    fn release(self: Arc<Self>, slot: Arc<Slot>) {
         if !slot.lock().is_ready() {
             return;
         }
         let since = Instant::now();
-        self.lock_idle().push(Idle { slot, since });
+        let mut pool = self.lock_pool();
+        pool.free.push(Idle { slot, since });
+        if !pool.reaping
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            pool.reaping = true;
+            runtime.spawn(reap(Arc::downgrade(&self)));
+        }
     }
 
-    fn lock_idle(&self) -> MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Opens a connection (TCP, mesh TLS when the upstream has an
@@ -158,6 +181,27 @@ impl H1Upstream {
             sender: Mutex::new(sender),
             pool: Arc::downgrade(self),
         }))
+    }
+}
+
+/// Closes connections as they pass [`IDLE_TIMEOUT`] unused, sleeping
+/// until the oldest free one would; ends when none is left free (the next
+/// release starts it again) or the upstream is dropped.
+async fn reap(upstream: Weak<H1Upstream>) {
+    loop {
+        let next = {
+            let Some(upstream) = upstream.upgrade() else {
+                return;
+            };
+            let mut pool = upstream.lock_pool();
+            pool.close_expired(Instant::now());
+            let Some(oldest) = pool.free.first() else {
+                pool.reaping = false;
+                return;
+            };
+            oldest.since + IDLE_TIMEOUT
+        };
+        tokio::time::sleep_until(next).await;
     }
 }
 
@@ -360,17 +404,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_idle_too_long_are_closed_on_next_use() {
+    async fn a_connection_unused_for_the_idle_timeout_is_closed_unasked() {
         let (addr, counts) = serving().await;
         let state = State::new();
         let h1 = client(&state, addr);
+        let idle_for = |d: Duration| async move {
+            tokio::time::pause();
+            tokio::time::advance(d).await;
+            tokio::time::resume();
+        };
         assert_eq!(get(&h1, "/").await.unwrap().0, 200);
-        tokio::time::pause();
-        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
-        tokio::time::resume();
+        // Just short of the timeout the connection is still there...
+        idle_for(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        assert_eq!(get(&h1, "/").await.unwrap().0, 200);
+        assert_eq!(counts.accepted(), 1);
+        // ...and past it, counted from its last use, it is closed with no
+        // request to notice.
+        idle_for(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        eventually(|| counts.ended() == 1).await;
+        assert_eq!(counts.accepted(), 1);
+        // The next request opens a new one.
         assert_eq!(get(&h1, "/").await.unwrap().0, 200);
         assert_eq!(counts.accepted(), 2);
-        eventually(|| counts.ended() == 1).await;
     }
 
     #[tokio::test]
