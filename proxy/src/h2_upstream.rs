@@ -52,6 +52,7 @@ const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// An open connection: its handle, and whether it is spent (closed, or
 /// told to go away) so that the next request makes a new one.
+#[derive(Clone)]
 struct Open {
     sender: SendRequest<Bytes>,
     spent: Arc<AtomicBool>,
@@ -188,15 +189,6 @@ impl H2Upstream {
             ended.store(true, Ordering::Relaxed);
         });
         Ok(Open { sender, spent })
-    }
-}
-
-impl Clone for Open {
-    fn clone(&self) -> Self {
-        Self {
-            sender: self.sender.clone(),
-            spent: self.spent.clone(),
-        }
     }
 }
 

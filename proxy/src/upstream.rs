@@ -221,7 +221,7 @@ impl Upstream {
             HttpVersion::Http2 => &self.http2,
         };
         cell.get_or_init(|| {
-            let connector = Connector(Arc::new(Dial {
+            let connector = Connector {
                 direction: self.direction,
                 addr: self.addr,
                 identity: self.identity.clone(),
@@ -229,7 +229,7 @@ impl Upstream {
                 state: Arc::downgrade(state),
                 timeout_ms: self.connect_timeout_ms.clone(),
                 default_timeout,
-            }));
+            };
             match version {
                 HttpVersion::Http1 => HttpClient::Http1(Arc::new(H1Upstream::new(connector))),
                 HttpVersion::Http2 => HttpClient::Http2(Arc::new(H2Upstream::new(connector))),
@@ -306,13 +306,8 @@ impl Upstreams {
     }
 }
 
-/// Opens connections for one upstream's client. One `Arc`, which a dial's
-/// future shares: it lives on its own while the request waiting for it may
-/// go away.
-pub struct Connector(Arc<Dial>);
-
-/// Where and how a [`Connector`] connects.
-struct Dial {
+/// Opens connections for one upstream's client.
+pub struct Connector {
     direction: Direction,
     addr: SocketAddr,
     identity: Option<SpiffeId>,
@@ -323,37 +318,29 @@ struct Dial {
     default_timeout: Duration,
 }
 
-/// A connection on its way.
-pub type Dialing = Pin<Box<dyn Future<Output = Result<Pooled, ConnectError>> + Send>>;
-
 impl Connector {
     /// Opens a connection to the upstream.
-    pub fn dial(&self) -> Dialing {
-        let this = self.0.clone();
-        Box::pin(async move {
-            let state = this.state.upgrade().ok_or(ConnectError("shutting down"))?;
-            let timeout = match this.timeout_ms.load(Ordering::Relaxed) {
-                0 => this.default_timeout,
-                ms => Duration::from_millis(ms),
-            };
-            let conn = establish(
-                &state,
-                this.direction,
-                this.addr,
-                this.identity.as_ref(),
-                this.protocol,
-                timeout,
-            )
-            .await?;
-            Ok(Pooled {
-                io: conn,
-                closed: this.count_opened(&state),
-            })
+    pub async fn dial(&self) -> Result<Pooled, ConnectError> {
+        let state = self.state.upgrade().ok_or(ConnectError("shutting down"))?;
+        let timeout = match self.timeout_ms.load(Ordering::Relaxed) {
+            0 => self.default_timeout,
+            ms => Duration::from_millis(ms),
+        };
+        let conn = establish(
+            &state,
+            self.direction,
+            self.addr,
+            self.identity.as_ref(),
+            self.protocol,
+            timeout,
+        )
+        .await?;
+        Ok(Pooled {
+            io: conn,
+            closed: self.count_opened(&state),
         })
     }
-}
 
-impl Dial {
     /// Outbound, a pooled connection is counted like a relayed one: opened
     /// now, closed when dropped, by the endpoint's identity. (Inbound, the
     /// client's connection is what counts, not the app's.)
