@@ -110,17 +110,17 @@ chart-crds:
 
 # ---- Benchmarks ---------------------------------------------------------------
 # `make bench`: direct vs the Weft pair vs an HAProxy pair (HTTP/1.1 and
-# HTTP/2, fixed rate and saturation, CPU and RSS), and the control plane at
-# scale; release builds; ~10 minutes. Results in bench/results/<date>.{json,md}.
+# HTTP/2, fixed rate and saturation, CPU, instructions and RSS), and the
+# control plane at scale; release builds; ~11 minutes. Results in bench/results/<date>.{json,md}.
 # `make bench-smoke` (part of `make test`): a few seconds of every case with
 # the debug builds `make unit` made, failing unless every figure is produced.
 .PHONY: bench bench-smoke bench-deps
 
 bench-deps:
-	@missing=""; for t in wrk h2load haproxy; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in wrk h2load haproxy callgrind_control; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	  if [ -n "$$missing" ]; then \
-	    echo "bench: installing$$missing (Debian: wrk nghttp2-client haproxy)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nghttp2-client haproxy; \
+	    echo "bench: installing$$missing (Debian: wrk nghttp2-client haproxy valgrind)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk nghttp2-client haproxy valgrind; \
 	  fi
 	@command -v oha >/dev/null || $(CARGO) install oha --locked
 

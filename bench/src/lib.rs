@@ -8,6 +8,7 @@
 pub mod control;
 pub mod dataplane;
 pub mod haproxy;
+pub mod instructions;
 pub mod load;
 pub mod procstat;
 pub mod report;

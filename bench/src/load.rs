@@ -99,9 +99,14 @@ pub fn saturate(
                 &secs,
                 &url,
             ]);
-            parse_h2load(&run(&mut command)?)
+            h2load(&mut command)
         }
     }
+}
+
+/// Runs an `h2load` command; its summary.
+pub fn h2load(command: &mut Command) -> Result<Saturation> {
+    parse_h2load(&run(command)?)
 }
 
 fn run(command: &mut Command) -> Result<String> {

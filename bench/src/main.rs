@@ -12,6 +12,7 @@ use clap::Parser;
 use serde::Serialize;
 use weft_bench::control::{ControlOptions, PropagationOptions};
 use weft_bench::dataplane::{self, Settings};
+use weft_bench::instructions::{self, Counted, Counting};
 use weft_bench::load::Proto;
 use weft_bench::report::{self, Row};
 use weft_bench::rig::{self, Bins};
@@ -45,6 +46,8 @@ struct Args {
 enum Half {
     Dataplane,
     Control,
+    /// The instruction counts only (each pair under callgrind).
+    Instructions,
     /// Starts the backend and the Weft and HAProxy pairs, prints where they
     /// listen and their pids, and waits until standard input ends: for
     /// profiling under a load of your own (`perf record -p`, `h2load`).
@@ -58,6 +61,7 @@ struct Results {
     settings: String,
     dataplane: Vec<Row>,
     runs: dataplane::Measured,
+    instructions: Vec<Counted>,
     control: weft_bench::control::ControlFigures,
 }
 
@@ -101,6 +105,7 @@ fn run(args: Args) -> Result<()> {
         proxy: args.bin_dir.join("weft-proxy"),
         app: args.bin_dir.join("weft-e2e-app"),
         haproxy: args.haproxy.clone(),
+        callgrind: false,
     };
     if args.only == Some(Half::Hold) {
         return hold(&bins);
@@ -111,6 +116,12 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
+    let counting = counting(&args);
+    if args.only == Some(Half::Instructions) {
+        let counted = instructions::measure(&bins, dir.path(), counting)?;
+        println!("{}", instructions::markdown(&counted));
+        return Ok(());
+    }
     let measured = dataplane::measure(&bins, dir.path(), &settings)?;
     let rows = report::rows(&measured);
     if args.only == Some(Half::Dataplane) {
@@ -118,6 +129,7 @@ fn run(args: Args) -> Result<()> {
         println!("{tables}");
         return Ok(());
     }
+    let counted = instructions::measure(&bins, dir.path(), counting)?;
     let control = weft_bench::control::run(&control_options(&args))?;
     let date = weft_bench::today(SystemTime::now());
     let results = Results {
@@ -126,12 +138,14 @@ fn run(args: Args) -> Result<()> {
         settings: format!("{settings:?}"),
         dataplane: rows.clone(),
         runs: measured,
+        instructions: counted,
         control,
     };
     let table = format!(
-        "{}{}\n{}",
+        "{}{}{}\n{}",
         report::markdown(&rows),
         report::reload_markdown(&results.runs),
+        instructions::markdown(&results.instructions),
         weft_bench::control::markdown(&results.control)
     );
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
@@ -141,6 +155,7 @@ fn run(args: Args) -> Result<()> {
     println!("{table}\nresults: {}", json.display());
     let mut missing = report::missing(&rows);
     missing.extend(report::reload_gaps(&results.runs));
+    missing.extend(instructions::missing(&results.instructions));
     if results.control.propagation.is_none() {
         missing.push("control plane: propagation".into());
     }
@@ -172,6 +187,24 @@ fn hold(bins: &Bins) -> Result<()> {
     println!("holding until standard input ends");
     std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     Ok(())
+}
+
+/// Requests sent to each pair under callgrind (valgrind runs it some
+/// fifty times slower): enough for the per-request figure to settle.
+fn counting(args: &Args) -> Counting {
+    if args.smoke {
+        Counting {
+            warmup: 50,
+            requests: 200,
+            connections: 10,
+        }
+    } else {
+        Counting {
+            warmup: 2000,
+            requests: 5000,
+            connections: 50,
+        }
+    }
 }
 
 /// The control-plane benchmarks at full scale (they take seconds); the

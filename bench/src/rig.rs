@@ -27,12 +27,29 @@ const VIP: &str = "198.19.0.10:80";
 const SERVER_NAME: &str = "server.bench";
 const LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// Where the release binaries are.
+/// Where the release binaries are, and how the proxies are started.
 #[derive(Debug, Clone)]
 pub struct Bins {
     pub proxy: PathBuf,
     pub app: PathBuf,
     pub haproxy: PathBuf,
+    /// Proxies (not the backend) run under `valgrind --tool=callgrind`, to
+    /// count their instructions (see `instructions`).
+    pub callgrind: bool,
+}
+
+impl Bins {
+    /// A command starting the proxy `program`, under callgrind if asked.
+    fn proxy_command(&self, program: &Path) -> Command {
+        if !self.callgrind {
+            return Command::new(program);
+        }
+        let mut command = Command::new("valgrind");
+        command
+            .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(program);
+        command
+    }
 }
 
 /// A child process, killed (and reaped) when dropped.
@@ -275,7 +292,7 @@ fn weft_proxy(
         &[("routes.json", &serde_json::to_vec(&table)?)],
     )?;
     let admin = free_port()?;
-    let mut command = Command::new(&bins.proxy);
+    let mut command = bins.proxy_command(&bins.proxy);
     command
         .arg("run")
         .arg("--routes-dir")
@@ -411,7 +428,7 @@ fn start_haproxy(
 ) -> Result<Proc> {
     let path = dir.join(format!("{side}.cfg"));
     std::fs::write(&path, config)?;
-    let mut command = Command::new(&bins.haproxy);
+    let mut command = bins.proxy_command(&bins.haproxy);
     command.arg("-db").arg("-f").arg(&path);
     let what = format!("the {side}-side haproxy");
     let mut proc = Proc::spawn(&what, &mut command, &dir.join(format!("{side}.log")))?;
