@@ -84,6 +84,33 @@ async fn http1_round_trips_on_one_connection_with_correlation_ids() {
     );
 }
 
+/// The request ID goes back to the caller from the proxy nearest it: the
+/// inbound returns it to a plaintext caller, not to a mesh client, whose
+/// outbound proxy returns it to its app (the test above).
+#[tokio::test]
+async fn the_inbound_returns_the_request_id_only_to_callers_outside_the_mesh() {
+    let ca = Ca::new("root");
+    let pod = WebPod::start(&ca, "b1", permissive()).await;
+
+    let plain = get(pod.proxy.inbound, "/").await;
+    assert_eq!((plain.status, plain.body.as_str()), (200, "b1"));
+    let id = plain.header("x-request-id").unwrap();
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(pod.app.last_seen("x-request-id").as_deref(), Some(id));
+
+    let http1 = weft_proxy::tls::MeshProtocol::Http1;
+    let leaf = ca.leaf("web", "frontend");
+    let tls = mesh_connect(pod.proxy.inbound, &ca, &leaf, http1).await;
+    let mut mesh = h1_on(tls.unwrap()).await;
+    let mut req = request("GET", "/", "");
+    req.headers_mut()
+        .insert("x-request-id", HeaderValue::from_static("mesh-7"));
+    let answer = send1(&mut mesh, req).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "b1"));
+    assert_eq!(answer.header("x-request-id"), None);
+    assert_eq!(pod.app.last_seen("x-request-id").as_deref(), Some("mesh-7"));
+}
+
 #[tokio::test]
 async fn http2_and_grpc_keep_trailers_and_are_classified_by_grpc_status() {
     let ca = Ca::new("root");

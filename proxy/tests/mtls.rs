@@ -6,31 +6,11 @@
 mod support;
 
 use std::sync::Arc;
-
-use rustls::RootCertStore;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::sign::CertifiedKey;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::TcpListener;
 use weft_api::routes::InboundPolicy;
-
-fn certified(leaf: &Leaf) -> Arc<CertifiedKey> {
-    let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    Arc::new(CertifiedKey::from_der(chain, key, &weft_proxy::tls::provider()).unwrap())
-}
-
-fn roots(ca: &Ca) -> Arc<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
-    Arc::new(roots)
-}
 
 #[tokio::test]
 async fn right_identity_passes_and_traffic_is_relayed_both_ways() {
@@ -153,20 +133,8 @@ async fn expired_server_certificate_is_refused() {
 /// Connects to an inbound proxy as a mesh client with `leaf`; returns
 /// whether the app's greeting came back.
 async fn raw_mesh_client(inbound: std::net::SocketAddr, ca: &Ca, leaf: &Leaf) -> Vec<u8> {
-    let provider = weft_proxy::tls::provider();
-    let config = weft_proxy::tls::client_config(
-        &provider,
-        roots(ca),
-        certified(leaf),
-        weft_proxy::tls::MeshProtocol::Opaque,
-    )
-    .unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(inbound).await.unwrap();
-    let Ok(mut tls) = connector
-        .connect(ServerName::IpAddress(inbound.ip().into()), tcp)
-        .await
-    else {
+    let opaque = weft_proxy::tls::MeshProtocol::Opaque;
+    let Ok(mut tls) = mesh_connect(inbound, ca, leaf, opaque).await else {
         return Vec::new();
     };
     let _ = tls.write_all(b"hi").await;

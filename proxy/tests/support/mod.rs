@@ -11,6 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +24,7 @@ pub use weft_e2e::mount::{kubelet_write, write_identity, write_routes};
 pub use weft_e2e::pki::{Ca, Leaf, TRUST_DOMAIN, spiffe};
 use weft_proxy::orig_dst::FixedDst;
 use weft_proxy::run::{ApiWatchMode, Listeners, LogFormat, RunArgs, serve};
+use weft_proxy::tls::MeshProtocol;
 
 /// An empty table for `namespace` with the given inbound default.
 pub fn table(namespace: &str, generation: u64, inbound: InboundPolicy) -> RoutesTable {
@@ -388,4 +393,40 @@ pub fn mounts(ca: &Ca, ns: &str, sa: &str, table: &RoutesTable) -> tempfile::Tem
     write_identity(&dir.path().join("identity"), &ca.leaf(ns, sa), &ca.pem());
     write_routes(&dir.path().join("routes"), table);
     dir
+}
+
+/// `leaf`'s certificate chain and key, as a proxy would load them.
+pub fn certified(leaf: &Leaf) -> Arc<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    Arc::new(CertifiedKey::from_der(chain, key, &weft_proxy::tls::provider()).unwrap())
+}
+
+/// A trust store holding `ca`.
+pub fn roots(ca: &Ca) -> Arc<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    Arc::new(roots)
+}
+
+/// A mesh TLS connection to the inbound proxy at `inbound`, as an outbound
+/// proxy with `leaf` opens one for `protocol`.
+pub async fn mesh_connect(
+    inbound: SocketAddr,
+    ca: &Ca,
+    leaf: &Leaf,
+    protocol: MeshProtocol,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let provider = weft_proxy::tls::provider();
+    let config =
+        weft_proxy::tls::client_config(&provider, roots(ca), certified(leaf), protocol).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(inbound).await?;
+    connector
+        .connect(ServerName::IpAddress(inbound.ip().into()), tcp)
+        .await
 }

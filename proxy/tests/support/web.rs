@@ -202,8 +202,15 @@ pub fn web_service(name: &str, vip: &str, pods: &[&WebPod], outbound: OutboundPo
 
 /// An HTTP/1.1 connection to `addr`.
 pub async fn h1(addr: SocketAddr) -> http1::SendRequest<Full<Bytes>> {
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
-    let (sender, conn) = http1::handshake(io).await.unwrap();
+    h1_on(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// HTTP/1.1 on a connection already open (mesh TLS, say).
+pub async fn h1_on<I>(io: I) -> http1::SendRequest<Full<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
     tokio::spawn(conn.with_upgrades());
     sender
 }
