@@ -9,6 +9,10 @@
 //! Each pair is started afresh under `valgrind --tool=callgrind`, warmed
 //! up, its counters zeroed with `callgrind_control`, sent a fixed number of
 //! requests by `h2load` (HTTP/1.1 with `--h1`), and its counters read.
+//! Every command runs under coreutils' `timeout`: `callgrind_control`
+//! reaches an idle process through ptrace and would wait for ever where
+//! ptrace is not allowed, and `h2load -n` waits for ever for a request a
+//! stuck proxy never answers.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,6 +32,12 @@ pub struct Counting {
     pub requests: u64,
     pub connections: u32,
 }
+
+/// The longest any one command may take.
+const COMMAND_LIMIT: &str = "300";
+/// Above this, counters just zeroed were not zeroed: an idle proxy runs
+/// a few thousand instructions a second, a request tens of thousands.
+const ZEROED_MAX: u64 = 1_000_000;
 
 /// One pair's instructions per request, each proxy's and both together.
 #[derive(Debug, Clone, Serialize)]
@@ -49,22 +59,22 @@ impl Counted {
 pub fn measure(bins: &Bins, dir: &Path, counting: Counting) -> Result<Vec<Counted>> {
     let pki = Pki::new()?;
     let (_backend, backend) = rig::backend(bins, dir)?;
-    let under = Bins {
-        callgrind: true,
-        ..bins.clone()
-    };
     let mut counted = Vec::new();
     for proto in [Proto::Http1, Proto::Http2] {
         for path in [PathKind::Weft, PathKind::Haproxy] {
             let run_dir = dir.join(format!("callgrind-{}-{}", path.name(), proto.name()));
             std::fs::create_dir_all(&run_dir)?;
+            let vgdb = run_dir.join("vgdb");
+            let under = Bins {
+                callgrind: Some(vgdb.clone()),
+                ..bins.clone()
+            };
             let pair = match path {
                 PathKind::Weft => rig::weft(&under, &pki, &run_dir, backend)?,
-                PathKind::Haproxy | PathKind::Direct => {
-                    rig::haproxy(&under, &pki, &run_dir, backend, proto)?
-                }
+                PathKind::Haproxy => rig::haproxy(&under, &pki, &run_dir, backend, proto)?,
+                PathKind::Direct => bail!("the direct path has no proxy to count"),
             };
-            let c = count(pair, path, proto, counting)
+            let c = count(pair, &vgdb, path, proto, counting)
                 .with_context(|| format!("counting {} over {}", path.name(), proto.name()))?;
             eprintln!(
                 "weft-bench: {:>7} {}: {} + {} instructions per request",
@@ -79,12 +89,19 @@ pub fn measure(bins: &Bins, dir: &Path, counting: Counting) -> Result<Vec<Counte
     Ok(counted)
 }
 
-fn count(mut pair: Pair, path: PathKind, proto: Proto, counting: Counting) -> Result<Counted> {
+fn count(
+    mut pair: Pair,
+    vgdb: &Path,
+    path: PathKind,
+    proto: Proto,
+    counting: Counting,
+) -> Result<Counted> {
     warm_up(&pair, proto, counting)?;
-    let [client, server] = pair.pids();
-    for pid in [client, server] {
-        callgrind_control("-z", pid)?;
-    }
+    let control = Control {
+        vgdb,
+        pids: pair.pids(),
+    };
+    control.zero()?;
     let load = requests(pair.entry, proto, counting.requests, counting.connections)?;
     ensure!(
         load.failed == 0 && load.requests == counting.requests,
@@ -93,20 +110,21 @@ fn count(mut pair: Pair, path: PathKind, proto: Proto, counting: Counting) -> Re
         counting.requests,
         load.failed
     );
-    let [client_total, server_total] = [client, server].map(totals);
+    let [client, server] = control.totals()?;
     pair.check_running()?;
     Ok(Counted {
         path,
         proto,
         requests: load.requests,
-        client_per_request: client_total? / load.requests,
-        server_per_request: server_total? / load.requests,
+        client_per_request: client / load.requests,
+        server_per_request: server / load.requests,
     })
 }
 
-/// Sends the warm-up until all of it succeeds, so that every connection
-/// the measured requests use is open: under valgrind a TLS handshake takes
-/// seconds, and the first requests can outlast the connect timeout.
+/// Sends the warm-up until all of it succeeds, so that the pooled
+/// connections between the two proxies are open before the count: under
+/// valgrind a TLS handshake takes seconds, and the first requests can
+/// outlast the connect timeout.
 fn warm_up(pair: &Pair, proto: Proto, counting: Counting) -> Result<()> {
     const TRIES: usize = 5;
     for _ in 0..TRIES {
@@ -126,7 +144,8 @@ fn requests(
     n: u64,
     connections: u32,
 ) -> Result<load::Saturation> {
-    let mut command = Command::new("h2load");
+    let mut command = Command::new("timeout");
+    command.args([COMMAND_LIMIT, "h2load"]);
     command.args(["-n", &n.to_string(), "-c", &connections.to_string()]);
     match proto {
         Proto::Http1 => command.arg("--h1"),
@@ -136,36 +155,65 @@ fn requests(
     load::h2load(&mut command)
 }
 
-/// The instructions process `pid` has executed since its counters were
-/// zeroed, over all its threads.
-fn totals(pid: u32) -> Result<u64> {
-    let out = callgrind_control("-e", pid)?;
-    parse_totals(&out).with_context(|| format!("callgrind_control -e {pid} printed: {out}"))
+/// `callgrind_control` for one pair's two processes.
+struct Control<'a> {
+    vgdb: &'a Path,
+    pids: [u32; 2],
 }
 
-fn callgrind_control(action: &str, pid: u32) -> Result<String> {
-    let output = Command::new("callgrind_control")
-        .arg(action)
-        .arg(pid.to_string())
-        .output()
-        .context("running callgrind_control (Debian: valgrind)")?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    // It exits 0 even when it found no such process; it says so instead.
-    if !output.status.success() || !text.contains(&format!("PID {pid}")) {
-        bail!(
-            "callgrind_control {action} {pid}: {}{text}",
-            String::from_utf8_lossy(&output.stderr)
+impl Control<'_> {
+    /// Zeroes both counters, and checks that they were: the tool prints
+    /// the same whether or not the request reached the process.
+    fn zero(&self) -> Result<()> {
+        for pid in self.pids {
+            self.run("-z", pid)?;
+        }
+        let after = self.totals()?;
+        ensure!(
+            after.iter().all(|n| *n < ZEROED_MAX),
+            "counters not zeroed: {after:?} instructions just after"
         );
+        Ok(())
     }
-    Ok(text)
+
+    /// The instructions each process has executed since its counters were
+    /// zeroed, over all its threads.
+    fn totals(&self) -> Result<[u64; 2]> {
+        let [a, b] = self.pids.map(|pid| {
+            let out = self.run("-e", pid)?;
+            parse_totals(&out).with_context(|| format!("callgrind_control -e {pid} printed: {out}"))
+        });
+        Ok([a?, b?])
+    }
+
+    fn run(&self, action: &str, pid: u32) -> Result<String> {
+        let output = Command::new("timeout")
+            .args([COMMAND_LIMIT, "callgrind_control"])
+            .arg(format!("--vgdb-prefix={}", self.vgdb.display()))
+            .arg(action)
+            .arg(pid.to_string())
+            .output()
+            .context("running callgrind_control (Debian: valgrind)")?;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // It exits 0 even when it found no such process; it says so instead.
+        if !output.status.success() || !text.contains(&format!("PID {pid}")) {
+            bail!(
+                "callgrind_control {action} {pid} ({}; is ptrace allowed?): {}{text}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(text)
+    }
 }
 
-/// The sum over the `Th N  <count>` lines that follow `Totals:`.
+/// The sum over the `Th N  <count>` lines that follow `Totals:` (from
+/// thread 10 on, `ThNN  <count>`).
 fn parse_totals(out: &str) -> Option<u64> {
     let (_, after) = out.split_once("Totals:")?;
     let counts: Vec<u64> = after
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("Th "))
+        .filter_map(|l| l.trim().strip_prefix("Th"))
         .map(|l| l.split_whitespace().nth(1)?.replace(',', "").parse().ok())
         .collect::<Option<_>>()?;
     (!counts.is_empty()).then(|| counts.iter().sum())
@@ -223,8 +271,8 @@ mod tests {
 
     #[test]
     fn sums_the_threads_totals() {
-        let out = "PID 12233: weft-proxy run\n\n  Totals:          Ir \n   Th 1  302,475,001 \n   Th 2       1,024 \n\n";
-        assert_eq!(parse_totals(out), Some(302_476_025));
+        let out = "PID 12233: weft-proxy run\n\n  Totals:          Ir \n   Th 1  302,475,001 \n   Th 2       1,024 \n   Th10          10 \n\n";
+        assert_eq!(parse_totals(out), Some(302_476_035));
         let zeroed = "PID 12233: sleep 4\n\n  Totals:Ir \n   Th 1   0 \n\n";
         assert_eq!(parse_totals(zeroed), Some(0));
         assert_eq!(parse_totals("PID 1: x\n  OK.\n"), None);

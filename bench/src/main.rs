@@ -105,7 +105,7 @@ fn run(args: Args) -> Result<()> {
         proxy: args.bin_dir.join("weft-proxy"),
         app: args.bin_dir.join("weft-e2e-app"),
         haproxy: args.haproxy.clone(),
-        callgrind: false,
+        callgrind: None,
     };
     if args.only == Some(Half::Hold) {
         return hold(&bins);

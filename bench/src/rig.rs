@@ -34,21 +34,34 @@ pub struct Bins {
     pub app: PathBuf,
     pub haproxy: PathBuf,
     /// Proxies (not the backend) run under `valgrind --tool=callgrind`, to
-    /// count their instructions (see `instructions`).
-    pub callgrind: bool,
+    /// count their instructions (see `instructions`), with their control
+    /// FIFOs under this prefix: in the run's directory, they go with it,
+    /// and `callgrind_control` sees only these processes.
+    pub callgrind: Option<PathBuf>,
 }
 
 impl Bins {
     /// A command starting the proxy `program`, under callgrind if asked.
     fn proxy_command(&self, program: &Path) -> Command {
-        if !self.callgrind {
+        let Some(vgdb) = &self.callgrind else {
             return Command::new(program);
-        }
+        };
         let mut command = Command::new("valgrind");
         command
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .arg(format!("--vgdb-prefix={}", vgdb.display()))
             .arg(program);
         command
+    }
+
+    /// How long a proxy may take to start: valgrind makes a start (and the
+    /// TLS setup in it) some fifty times slower.
+    fn startup(&self) -> Duration {
+        if self.callgrind.is_some() {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(20)
+        }
     }
 }
 
@@ -98,8 +111,8 @@ impl Proc {
 
     /// Waits until `addr` accepts connections, failing early if the
     /// process exits.
-    fn wait_listening(&mut self, addr: SocketAddr) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+    fn wait_listening(&mut self, addr: SocketAddr, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if TcpStream::connect(addr).is_ok() {
                 return Ok(());
@@ -108,7 +121,7 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!(
-            "{} did not listen on {addr} within 20 s; its log ends:\n{}",
+            "{} did not listen on {addr} within {within:?}; its log ends:\n{}",
             self.name,
             self.log_tail()
         )
@@ -144,15 +157,15 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
         .with_context(|| format!("{addr}{path}: not an HTTP answer: {answer:?}"))
 }
 
-fn wait_ready(admin: SocketAddr, what: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+fn wait_ready(admin: SocketAddr, what: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if http_status(admin, "/ready").ok() == Some(200) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("{what} was not ready within 20 s (GET {admin}/ready)")
+    bail!("{what} was not ready within {within:?} (GET {admin}/ready)")
 }
 
 /// The backend every path ends at.
@@ -161,7 +174,7 @@ pub fn backend(bins: &Bins, dir: &Path) -> Result<(Proc, SocketAddr)> {
     let mut command = Command::new(&bins.app);
     command.args(["serve", "--listen", &addr.to_string(), "--name", "bench"]);
     let mut proc = Proc::spawn("backend", &mut command, &dir.join("backend.log"))?;
-    proc.wait_listening(addr)?;
+    proc.wait_listening(addr, bins.startup())?;
     Ok((proc, addr))
 }
 
@@ -275,6 +288,7 @@ struct WeftProxy {
     command: Command,
     dir: PathBuf,
     admin: SocketAddr,
+    startup: Duration,
 }
 
 fn weft_proxy(
@@ -310,6 +324,7 @@ fn weft_proxy(
         command,
         dir: dir.to_path_buf(),
         admin,
+        startup: bins.startup(),
     })
 }
 
@@ -332,7 +347,7 @@ impl WeftProxy {
 
     fn start(mut self, what: &str) -> Result<Proc> {
         let proc = Proc::spawn(what, &mut self.command, &self.dir.join("proxy.log"))?;
-        wait_ready(self.admin, what)?;
+        wait_ready(self.admin, what, self.startup)?;
         Ok(proc)
     }
 }
@@ -432,6 +447,6 @@ fn start_haproxy(
     command.arg("-db").arg("-f").arg(&path);
     let what = format!("the {side}-side haproxy");
     let mut proc = Proc::spawn(&what, &mut command, &dir.join(format!("{side}.log")))?;
-    proc.wait_listening(listen)?;
+    proc.wait_listening(listen, bins.startup())?;
     Ok(proc)
 }

@@ -98,17 +98,27 @@ async fn the_inbound_returns_the_request_id_only_to_callers_outside_the_mesh() {
     assert_eq!(id.len(), 36, "{id}");
     assert_eq!(pod.app.last_seen("x-request-id").as_deref(), Some(id));
 
-    let http1 = weft_proxy::tls::MeshProtocol::Http1;
     let leaf = ca.leaf("web", "frontend");
+    let mesh = |id: &'static str| {
+        let mut req = request("GET", "/", "");
+        req.headers_mut()
+            .insert("x-request-id", HeaderValue::from_static(id));
+        req
+    };
+    let http1 = weft_proxy::tls::MeshProtocol::Http1;
     let tls = mesh_connect(pod.proxy.inbound, &ca, &leaf, http1).await;
-    let mut mesh = h1_on(tls.unwrap()).await;
-    let mut req = request("GET", "/", "");
-    req.headers_mut()
-        .insert("x-request-id", HeaderValue::from_static("mesh-7"));
-    let answer = send1(&mut mesh, req).await;
+    let answer = send1(&mut h1_on(tls.unwrap()).await, mesh("mesh-7")).await;
     assert_eq!((answer.status, answer.body.as_str()), (200, "b1"));
     assert_eq!(answer.header("x-request-id"), None);
     assert_eq!(pod.app.last_seen("x-request-id").as_deref(), Some("mesh-7"));
+
+    let http2 = weft_proxy::tls::MeshProtocol::Http2;
+    let tls = mesh_connect(pod.proxy.inbound, &ca, &leaf, http2).await;
+    let mut sender = h2_on(tls.unwrap()).await;
+    let answer = read(sender.send_request(mesh("mesh-8")).await.unwrap()).await;
+    assert_eq!((answer.status, answer.body.as_str()), (200, "b1"));
+    assert_eq!(answer.header("x-request-id"), None);
+    assert_eq!(pod.app.last_seen("x-request-id").as_deref(), Some("mesh-8"));
 }
 
 #[tokio::test]

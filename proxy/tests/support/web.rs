@@ -217,7 +217,15 @@ where
 
 /// An HTTP/2 (prior knowledge) connection to `addr`.
 pub async fn h2(addr: SocketAddr) -> http2::SendRequest<Full<Bytes>> {
-    let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+    h2_on(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// HTTP/2 (prior knowledge) on a connection already open.
+pub async fn h2_on<I>(io: I) -> http2::SendRequest<Full<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await.unwrap();
     tokio::spawn(conn);
     sender
