@@ -51,6 +51,9 @@ pub struct Run {
     pub saturation: Saturation,
     /// Both proxies' CPU time during the saturation run, per request.
     pub cpu_us_per_request: Option<f64>,
+    /// The same during the fixed-rate run: what a sidecar costs at a
+    /// steady load rather than flat out (less batching per wake-up).
+    pub cpu_us_per_request_fixed: Option<f64>,
     /// The larger of the two proxies' peak RSS during the fixed-rate run.
     pub rss_loaded_kib: Option<u64>,
 }
@@ -166,6 +169,7 @@ fn one_run(
             procstat::reset_peak(pid)?;
         }
     }
+    let cpu_start = pair.as_ref().map(|p| cpu(p)).transpose()?;
     let fixed = load::fixed_rate(target, proto, s.rate, s.connections, s.fixed_duration)?;
     let rss_loaded_kib = pair
         .as_ref()
@@ -174,9 +178,8 @@ fn one_run(
     let cpu_before = pair.as_ref().map(|p| cpu(p)).transpose()?;
     let saturation = load::saturate(target, proto, s.connections, s.saturation_duration)?;
     let cpu_after = pair.as_ref().map(|p| cpu(p)).transpose()?;
-    let cpu_us_per_request = cpu_before.zip(cpu_after).map(|(before, after)| {
-        (after - before).as_secs_f64() * 1e6 / saturation.requests.max(1) as f64
-    });
+    let cpu_us_per_request_fixed = per_request(cpu_start, cpu_before, fixed.requests);
+    let cpu_us_per_request = per_request(cpu_before, cpu_after, saturation.requests);
     if let Some(pair) = pair.as_mut() {
         pair.check_running()?;
     }
@@ -186,8 +189,15 @@ fn one_run(
         fixed,
         saturation,
         cpu_us_per_request,
+        cpu_us_per_request_fixed,
         rss_loaded_kib,
     })
+}
+
+/// CPU microseconds per request between two readings.
+fn per_request(before: Option<Duration>, after: Option<Duration>, requests: u64) -> Option<f64> {
+    let (before, after) = before.zip(after)?;
+    Some((after - before).as_secs_f64() * 1e6 / requests.max(1) as f64)
 }
 
 /// Both proxies' CPU time so far.
@@ -213,7 +223,8 @@ fn summary(run: &Run) -> String {
         run.saturation.rps,
         run.fixed.failed + run.saturation.failed,
         run.cpu_us_per_request
-            .map(|c| format!(", {c:.1} µs CPU/request"))
+            .zip(run.cpu_us_per_request_fixed)
+            .map(|(c, f)| format!(", {c:.1} µs CPU/request ({f:.1} at the fixed rate)"))
             .unwrap_or_default()
     )
 }

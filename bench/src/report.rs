@@ -18,6 +18,8 @@ pub struct Row {
     pub max_rps: f64,
     pub failed: u64,
     pub cpu_us_per_request: Option<f64>,
+    /// At the fixed rate.
+    pub cpu_us_per_request_fixed: Option<f64>,
     pub rss_idle_kib: Option<u64>,
     pub rss_loaded_kib: Option<u64>,
     /// Latency added to the direct path (median p50 / p99 minus direct's).
@@ -28,6 +30,7 @@ pub struct Row {
     /// request, added p50, added p99.
     pub rps_vs_haproxy: Option<f64>,
     pub cpu_vs_haproxy: Option<f64>,
+    pub cpu_fixed_vs_haproxy: Option<f64>,
     pub added_p50_vs_haproxy: Option<f64>,
     pub added_p99_vs_haproxy: Option<f64>,
 }
@@ -56,6 +59,10 @@ fn summarise(m: &Measured, path: PathKind, proto: Proto) -> Option<Row> {
     }
     let med = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(|r| f(r)).collect());
     let cpu: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us_per_request).collect();
+    let cpu_fixed: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.cpu_us_per_request_fixed)
+        .collect();
     Some(Row {
         path,
         proto,
@@ -68,6 +75,7 @@ fn summarise(m: &Measured, path: PathKind, proto: Proto) -> Option<Row> {
             .map(|r| r.fixed.failed + r.saturation.failed)
             .sum(),
         cpu_us_per_request: (!cpu.is_empty()).then(|| median(cpu)),
+        cpu_us_per_request_fixed: (!cpu_fixed.is_empty()).then(|| median(cpu_fixed)),
         rss_idle_kib: m
             .rss_idle_kib
             .iter()
@@ -79,6 +87,7 @@ fn summarise(m: &Measured, path: PathKind, proto: Proto) -> Option<Row> {
         rps_vs_direct: None,
         rps_vs_haproxy: None,
         cpu_vs_haproxy: None,
+        cpu_fixed_vs_haproxy: None,
         added_p50_vs_haproxy: None,
         added_p99_vs_haproxy: None,
     })
@@ -105,6 +114,10 @@ fn relate(rows: &mut [Row]) {
         row.cpu_vs_haproxy = row
             .cpu_us_per_request
             .zip(haproxy.cpu_us_per_request)
+            .map(|(w, h)| w / h);
+        row.cpu_fixed_vs_haproxy = row
+            .cpu_us_per_request_fixed
+            .zip(haproxy.cpu_us_per_request_fixed)
             .map(|(w, h)| w / h);
         row.added_p50_vs_haproxy = Some(w50 / h50);
         row.added_p99_vs_haproxy = Some(w99 / h99);
@@ -145,7 +158,8 @@ pub fn missing(rows: &[Row]) -> Vec<String> {
             if path != PathKind::Direct {
                 need(
                     "CPU per request",
-                    row.cpu_us_per_request.is_some_and(f64::is_finite),
+                    row.cpu_us_per_request.is_some_and(f64::is_finite)
+                        && row.cpu_us_per_request_fixed.is_some_and(f64::is_finite),
                 );
                 need(
                     "RSS",
@@ -159,7 +173,9 @@ pub fn missing(rows: &[Row]) -> Vec<String> {
             if path == PathKind::Weft {
                 need(
                     "ratios to haproxy",
-                    row.rps_vs_haproxy.is_some() && row.cpu_vs_haproxy.is_some(),
+                    row.rps_vs_haproxy.is_some()
+                        && row.cpu_vs_haproxy.is_some()
+                        && row.cpu_fixed_vs_haproxy.is_some(),
                 );
             }
         }
@@ -201,8 +217,8 @@ pub fn reload_markdown(m: &Measured) -> String {
 /// The data-path table.
 pub fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| path | proto | p50 ms | p99 ms | p99.9 ms | added p50 / p99 ms | max req/s | × direct | × haproxy | CPU µs/req (both proxies) | CPU × haproxy | RSS idle / loaded MiB | failed |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| path | proto | p50 ms | p99 ms | p99.9 ms | added p50 / p99 ms | max req/s | × direct | × haproxy | CPU µs/req (both proxies) | CPU × haproxy | CPU µs/req at the fixed rate | × haproxy | RSS idle / loaded MiB | failed |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let opt =
@@ -213,7 +229,7 @@ pub fn markdown(rows: &[Row]) -> String {
             _ => "—".into(),
         };
         out.push_str(&format!(
-            "| {} | {} | {:.3} | {:.3} | {:.3} | {added} | {:.0} | {} | {} | {} | {} | {} / {} | {} |\n",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {added} | {:.0} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
             r.path.name(),
             r.proto.name(),
             r.p50_ms,
@@ -224,6 +240,8 @@ pub fn markdown(rows: &[Row]) -> String {
             opt(r.rps_vs_haproxy, 2),
             opt(r.cpu_us_per_request, 1),
             opt(r.cpu_vs_haproxy, 2),
+            opt(r.cpu_us_per_request_fixed, 1),
+            opt(r.cpu_fixed_vs_haproxy, 2),
             mib(r.rss_idle_kib),
             mib(r.rss_loaded_kib),
             r.failed,
@@ -254,6 +272,7 @@ mod tests {
                 failed: 0,
             },
             cpu_us_per_request: cpu,
+            cpu_us_per_request_fixed: cpu.map(|c| c * 2.0),
             rss_loaded_kib: cpu.map(|_| 9000),
         }
     }
@@ -280,6 +299,8 @@ mod tests {
         assert!((weft.rps_vs_direct.unwrap() - 0.3).abs() < 1e-9);
         assert!((weft.rps_vs_haproxy.unwrap() - 1.1).abs() < 1e-9);
         assert!((weft.cpu_vs_haproxy.unwrap() - 0.75).abs() < 1e-9);
+        assert!((weft.cpu_us_per_request_fixed.unwrap() - 60.0).abs() < 1e-9);
+        assert!((weft.cpu_fixed_vs_haproxy.unwrap() - 0.75).abs() < 1e-9);
         assert!((weft.added_p50_vs_haproxy.unwrap() - 0.5).abs() < 1e-9);
         // HTTP/2 was not run: every one of its figures is reported missing.
         let gaps = missing(&rows);
@@ -288,5 +309,6 @@ mod tests {
         let table = markdown(&rows);
         assert!(table.contains("| weft | http1 | 0.400 |"), "{table}");
         assert!(table.contains("| 1.10 |"), "{table}");
+        assert!(table.contains("| 30.0 | 0.75 | 60.0 | 0.75 |"), "{table}");
     }
 }
