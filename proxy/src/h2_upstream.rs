@@ -70,6 +70,16 @@ type Attempt = OnceCell<Result<Open, ConnectError>>;
 /// A request that did not get a stream, and why.
 struct Unsent(Request<RequestBody>, h2::Error);
 
+impl Unsent {
+    /// The error of a send that is not tried again, whichever way it failed.
+    fn final_error(failed: Either<Self, SendError>) -> SendError {
+        match failed {
+            Either::Left(Self(_, e)) => SendError::failed(e),
+            Either::Right(e) => e,
+        }
+    }
+}
+
 pub struct H2Upstream {
     connector: Connector,
     /// The latest attempt: in progress, failed, or an open connection.
@@ -96,24 +106,18 @@ impl H2Upstream {
             None => Box::pin(self.sender()).await?,
         };
         match send(open, req).await {
-            Ok(response) => Ok(response),
             // Never sent, on a connection that had served before: it closed
             // or went away under the request. A connection this request
             // just opened is not tried again: the upstream is failing, not
             // closing.
             Err(Either::Left(Unsent(req, _))) if !opened => Box::pin(self.resend(req)).await,
-            Err(Either::Left(Unsent(_, e))) => Err(SendError::failed(e)),
-            Err(Either::Right(e)) => Err(e),
+            sent => sent.map_err(Unsent::final_error),
         }
     }
 
     async fn resend(&self, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
         let (open, _) = self.sender().await?;
-        match send(open, req).await {
-            Ok(response) => Ok(response),
-            Err(Either::Left(Unsent(_, e))) => Err(SendError::failed(e)),
-            Err(Either::Right(e)) => Err(e),
-        }
+        send(open, req).await.map_err(Unsent::final_error)
     }
 
     /// A handle on the open connection, if there is one.
